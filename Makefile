@@ -1,0 +1,40 @@
+# medmesh — two commands do all set-up on a fresh machine:
+#   make up     start the local network (storage nodes under $(HOME_DIR))
+#   make test   run the test suite
+# Both create .venv from pyproject.toml + requirements.lock on first use.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+HOME_DIR ?= $(or $(MEDMESH_HOME),$(HOME)/.medmesh)
+NODES  ?= 5
+
+.PHONY: up down status test lint typecheck bench venv clean
+
+$(STAMP): pyproject.toml requirements.lock
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c requirements.lock -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+up: $(STAMP)
+	$(BIN)/medmesh --home $(HOME_DIR) devnet up --nodes $(NODES)
+
+down: $(STAMP)
+	$(BIN)/medmesh --home $(HOME_DIR) devnet down
+
+status: $(STAMP)
+	$(BIN)/medmesh --home $(HOME_DIR) devnet status
+
+test: $(STAMP)
+	$(BIN)/ruff check src tests bench
+	$(BIN)/mypy
+	$(BIN)/python -m pytest
+
+bench: $(STAMP)
+	$(BIN)/python bench/storage.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

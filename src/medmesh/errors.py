@@ -1,0 +1,156 @@
+"""The medmesh exception tree.
+
+Every error medmesh raises derives from :class:`MedmeshError`. Each carries a stable
+``code`` (for APIs, exit statuses and tests) and a public ``message`` that never contains
+protected health information (PHI), key material or plaintext. Third-party errors are
+converted at the boundary and chained with ``raise ... from exc``.
+
+    MedmeshError
+    ├── InvalidInputError (ValueError)        bad arguments or malformed data from a caller
+    │   └── InvalidCidError                   text or bytes that are not a valid CID
+    ├── IntegrityError                         data failed a cryptographic check
+    │   ├── BlockMismatchError                 block bytes do not hash to their CID
+    │   └── DecryptionError (crypto/errors.py) sealed stream or capsule failed to open
+    ├── NotFoundError (KeyError)               a block, object or node is not known
+    ├── StorageError                           the storage network could not do the work
+    │   ├── InsufficientSharesError            fewer than k shares reachable for some stripes
+    │   ├── NodeUnavailableError               a node did not answer or answered an error
+    │   └── StorageFullError                   disk or quota exhausted (HTTP 507)
+    ├── AuthError                              a signed request was refused
+    │   ├── SignatureError                     malformed or invalid signature
+    │   ├── ReplayError                        reused nonce or stale timestamp
+    │   └── UntrustedSignerError               valid signature from a key the node does not trust
+    ├── KeystoreError                          keystore missing, corrupt or wrong passphrase
+    └── ConfigError                            bad configuration or home folder
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AuthError",
+    "BlockMismatchError",
+    "ConfigError",
+    "InsufficientSharesError",
+    "IntegrityError",
+    "InvalidCidError",
+    "InvalidInputError",
+    "KeystoreError",
+    "MedmeshError",
+    "NodeUnavailableError",
+    "NotFoundError",
+    "ReplayError",
+    "SignatureError",
+    "StorageError",
+    "StorageFullError",
+    "UntrustedSignerError",
+]
+
+
+class MedmeshError(Exception):
+    """Root of every medmesh error.
+
+    ``message`` is safe to show to users and to log: it must never contain PHI or keys.
+    """
+
+    code: str = "medmesh_error"
+
+    def __init__(self, message: str | None = None) -> None:
+        self.message = message or self.__class__.__doc__ or self.code
+        super().__init__(self.message)
+
+
+class InvalidInputError(MedmeshError, ValueError):
+    """Invalid input."""
+
+    code = "invalid_input"
+
+
+class InvalidCidError(InvalidInputError):
+    """Not a valid CID."""
+
+    code = "invalid_cid"
+
+
+class IntegrityError(MedmeshError):
+    """Data failed an integrity check."""
+
+    code = "integrity"
+
+
+class BlockMismatchError(IntegrityError):
+    """Block bytes do not match their CID."""
+
+    code = "block_mismatch"
+
+
+class NotFoundError(MedmeshError, KeyError):
+    """Not found."""
+
+    code = "not_found"
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return self.message
+
+
+class StorageError(MedmeshError):
+    """The storage network could not complete the operation."""
+
+    code = "storage"
+
+
+class InsufficientSharesError(StorageError):
+    """Fewer than k shares could be fetched for some stripes."""
+
+    code = "insufficient_shares"
+
+    def __init__(self, message: str, missing_stripes: list[int]) -> None:
+        super().__init__(message)
+        self.missing_stripes = missing_stripes
+
+
+class NodeUnavailableError(StorageError):
+    """A storage node did not answer or refused the request."""
+
+    code = "node_unavailable"
+
+
+class StorageFullError(StorageError):
+    """The node's disk or quota is full."""
+
+    code = "storage_full"
+
+
+class AuthError(MedmeshError):
+    """The request's authentication was refused."""
+
+    code = "auth"
+
+
+class SignatureError(AuthError):
+    """Missing, malformed or invalid signature."""
+
+    code = "bad_signature"
+
+
+class ReplayError(AuthError):
+    """The request was replayed or its timestamp is outside the accepted window."""
+
+    code = "replay"
+
+
+class UntrustedSignerError(AuthError):
+    """The request is signed by a key this node does not trust."""
+
+    code = "untrusted_signer"
+
+
+class KeystoreError(MedmeshError):
+    """The keystore could not be read or unlocked."""
+
+    code = "keystore"
+
+
+class ConfigError(MedmeshError):
+    """Invalid configuration."""
+
+    code = "config"
