@@ -1,0 +1,79 @@
+"""Storage node settings.
+
+Defaults are module constants; a node's settings live in ``<data>/node.json`` and are
+loaded in a fixed order: defaults, file, then command-line flags. Unknown keys in the file
+are refused so that a typo never silently changes behaviour.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Final
+
+from medmesh.errors import ConfigError
+
+__all__ = ["DEFAULT_HOST", "NodeConfig"]
+
+DEFAULT_HOST: Final = "127.0.0.1"
+CONFIG_FILE: Final = "node.json"
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """Settings of one storage node.
+
+    ``trusted`` lists the checksummed addresses allowed to write; empty means nobody.
+    ``rate_limit`` caps outgoing bytes per second (0 = unlimited).
+    """
+
+    data: str
+    host: str = DEFAULT_HOST
+    port: int = 0
+    dht_port: int | None = None
+    bootstrap: tuple[str, ...] = ()
+    trusted: tuple[str, ...] = ()
+    quota: int | None = None
+    max_block_size: int = 2 * 1024 * 1024
+    rate_limit: int = 0
+    fsync: bool = True
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data)
+
+    def save(self) -> None:
+        path = self.data_path / CONFIG_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        body = asdict(self)
+        body.pop("extra")
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(body, indent=2, sort_keys=True) + "\n")
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, data: str | os.PathLike[str], **overrides: Any) -> NodeConfig:
+        """Defaults, then ``<data>/node.json`` if present, then ``overrides`` (not None)."""
+        path = Path(data) / CONFIG_FILE
+        values: dict[str, Any] = {}
+        if path.is_file():
+            try:
+                values = json.loads(path.read_text())
+            except (OSError, ValueError) as exc:
+                raise ConfigError(f"cannot read node config {path}") from exc
+            if not isinstance(values, dict):
+                raise ConfigError(f"node config {path} is not a JSON object")
+        known = {f.name for f in fields(cls)} - {"extra"}
+        unknown = set(values) - known
+        if unknown:
+            raise ConfigError(f"unknown keys in {path}: {', '.join(sorted(unknown))}")
+        values["data"] = str(data)
+        for key in ("bootstrap", "trusted"):
+            if key in values:
+                values[key] = tuple(values[key])
+        cfg = cls(**values)
+        clean = {k: v for k, v in overrides.items() if v is not None}
+        return replace(cfg, **clean) if clean else cfg

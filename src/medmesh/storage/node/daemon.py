@@ -1,0 +1,99 @@
+"""Run a storage node as a process: HTTP on 127.0.0.1 plus the DHT.
+
+On start the node writes ``<data>/node.url`` (its base URL, also when port 0 picked a free
+port) and ``<data>/node.pid``; both are removed on a clean stop (SIGTERM or SIGINT).
+Blocks are durable before they are acknowledged, so a crash loses nothing acknowledged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+from pathlib import Path
+
+from aiohttp import web
+
+from medmesh.storage.cid import Cid
+from medmesh.storage.node.config import NodeConfig
+from medmesh.storage.node.dht import ProviderDht
+from medmesh.storage.node.http import make_app
+from medmesh.storage.node.service import NodeService
+
+__all__ = ["serve"]
+
+log = logging.getLogger(__name__)
+
+
+def _parse_addr(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    return host or "127.0.0.1", int(port)
+
+
+async def _run(config: NodeConfig, ready: asyncio.Event | None = None) -> None:
+    service = NodeService(config)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((config.host, config.port))
+    host, port = sock.getsockname()[:2]
+    url = f"http://{host}:{port}"
+
+    def held() -> list[Cid]:
+        return [obj for obj, _ in service.objects()]
+
+    dht = ProviderDht(
+        service.node_id,
+        url,
+        host=config.host,
+        port=config.dht_port or 0,
+        bootstrap=[_parse_addr(b) for b in config.bootstrap],
+        held=held,
+    )
+    dht_port = await dht.start()
+    app = make_app(service, providers=dht.find_providers, announce=dht.provide)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.SockSite(runner, sock)
+    await site.start()
+
+    data = config.data_path
+    (data / "node.url").write_text(url + "\n")
+    (data / "node.dht").write_text(f"{config.host}:{dht_port}\n")
+    (data / "node.pid").write_text(f"{os.getpid()}\n")
+    log.info("node %s listening on %s (dht udp %s)", service.node_id, url, dht_port)
+    for obj in held():  # re-announce what we hold after a restart
+        await dht.provide(obj)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    if ready is not None:
+        ready.set()
+    try:
+        await stop.wait()
+    finally:
+        for name in ("node.url", "node.pid", "node.dht"):
+            with contextlib.suppress(FileNotFoundError):
+                (data / name).unlink()
+        await runner.cleanup()
+        await dht.stop()
+        service.close()
+
+
+def serve(config: NodeConfig) -> None:
+    """Run the node until SIGTERM/SIGINT."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    config.data_path.mkdir(parents=True, exist_ok=True)
+    asyncio.run(_run(config))
+
+
+def read_url(data: Path) -> str | None:
+    """The URL a running node in ``data`` listens on, if any."""
+    try:
+        return (data / "node.url").read_text().strip() or None
+    except FileNotFoundError:
+        return None

@@ -1,0 +1,198 @@
+"""Provider records in a Kademlia DHT (the ``kademlia`` package, UDP on 127.0.0.1).
+
+A node announces "I hold shares of object X" by storing, under the key
+``/providers/<multihash hex>``, a JSON map ``{node_id: {"url": ..., "expires": ...}}`` at the
+DHT nodes closest to that key. The stock ``kademlia`` storage keeps one value per key (last
+write wins), which would let each provider erase the others; :class:`ProviderStorage`
+*merges* maps instead, keeping each provider's newest entry and dropping expired ones.
+Records expire after ``ttl`` seconds and are republished every ``ttl / 2``.
+
+Lookups merge what this node stores with what the network returns, and answer in the
+shape of the IPFS Delegated Routing API (``/routing/v1/providers/{cid}``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, Final
+
+from kademlia.network import Server
+from kademlia.storage import IStorage
+from kademlia.utils import digest as kademlia_digest
+
+from medmesh.storage.cid import Cid
+
+__all__ = ["DEFAULT_TTL", "ProviderDht", "ProviderStorage", "merge_records"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TTL: Final = 24 * 3600
+MAX_PROVIDERS: Final = 40  # keeps a record inside one UDP datagram (rpcudp caps at 8 KiB)
+
+
+def provider_key(cid: Cid) -> str:
+    """DHT key of the provider record of ``cid`` (codec-independent, like IPFS)."""
+    return "/providers/" + cid.multihash.hex()
+
+
+def merge_records(*values: Any, now: float | None = None) -> dict[str, dict[str, Any]]:
+    """Merge provider maps (JSON text or dicts), newest entry per provider, unexpired only."""
+    now = time.time() if now is None else now
+    merged: dict[str, dict[str, Any]] = {}
+    for value in values:
+        if value is None:
+            continue
+        try:
+            entries = json.loads(value) if isinstance(value, str | bytes) else value
+        except ValueError:
+            continue
+        if not isinstance(entries, dict):
+            continue
+        for node_id, entry in entries.items():
+            if not isinstance(entry, dict) or not isinstance(entry.get("url"), str):
+                continue
+            expires = entry.get("expires")
+            if not isinstance(expires, int | float) or expires < now:
+                continue
+            old = merged.get(node_id)
+            if old is None or old["expires"] < expires:
+                merged[str(node_id)] = {"url": entry["url"], "expires": expires}
+    if len(merged) > MAX_PROVIDERS:
+        newest = sorted(merged.items(), key=lambda kv: kv[1]["expires"], reverse=True)
+        merged = dict(newest[:MAX_PROVIDERS])
+    return merged
+
+
+class ProviderStorage(IStorage):  # type: ignore[misc]
+    """Kademlia storage whose values are provider maps merged on every write."""
+
+    def __init__(self, ttl: int = DEFAULT_TTL) -> None:
+        self.ttl = ttl
+        self.data: OrderedDict[bytes, tuple[float, str]] = OrderedDict()
+
+    def __setitem__(self, key: bytes, value: Any) -> None:
+        old = self.data.pop(key, (0.0, None))[1]
+        merged = merge_records(old, value)
+        if merged:
+            self.data[key] = (time.monotonic(), json.dumps(merged, sort_keys=True))
+
+    def __getitem__(self, key: bytes) -> str:
+        return self.data[key][1]
+
+    def get(self, key: bytes, default: Any = None) -> Any:
+        entry = self.data.get(key)
+        if entry is None:
+            return default
+        merged = merge_records(entry[1])
+        if not merged:
+            del self.data[key]
+            return default
+        return json.dumps(merged, sort_keys=True)
+
+    def iter_older_than(self, seconds_old: float) -> list[tuple[bytes, str]]:
+        horizon = time.monotonic() - seconds_old
+        return [(k, v) for k, (t, v) in self.data.items() if t <= horizon]
+
+    def __iter__(self) -> Iterator[tuple[bytes, str]]:
+        return iter([(k, v) for k, (_, v) in self.data.items()])
+
+
+class ProviderDht:
+    """This node's membership in the DHT: announce and look up providers."""
+
+    def __init__(
+        self,
+        node_id: str,
+        url: str,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        bootstrap: Iterable[tuple[str, int]] = (),
+        ttl: int = DEFAULT_TTL,
+        held: Callable[[], Iterable[Cid]] | None = None,
+    ) -> None:
+        self.node_id = node_id
+        self.url = url
+        self.host = host
+        self.port = port
+        self.bootstrap_addrs = list(bootstrap)
+        self.ttl = ttl
+        self.held = held
+        self.server = Server(storage=ProviderStorage(ttl))
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> int:
+        """Listen on UDP, join through the bootstrap nodes; returns the bound port."""
+        await self.server.listen(self.port, interface=self.host)
+        self.port = int(self.server.transport.get_extra_info("sockname")[1])
+        if self.bootstrap_addrs:
+            await self.server.bootstrap(self.bootstrap_addrs)
+        self._task = asyncio.create_task(self._republish_loop())
+        return self.port
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self.server.stop()
+
+    async def rejoin(self) -> None:
+        """Bootstrap again (peers started after us, or came back)."""
+        if self.bootstrap_addrs:
+            await self.server.bootstrap(self.bootstrap_addrs)
+
+    def _record(self) -> str:
+        expires = int(time.time()) + self.ttl
+        return json.dumps({self.node_id: {"url": self.url, "expires": expires}})
+
+    async def provide(self, cid: Cid) -> bool:
+        """Announce that this node provides ``cid``. True if any DHT node stored it."""
+        key = provider_key(cid)
+        record = self._record()
+        # always keep our own record locally, even when alone in the network
+        self.server.storage[_digest(key)] = record
+        try:
+            return bool(await self.server.set(key, record))
+        except Exception:  # network trouble must not fail the write that triggered it
+            log.warning("could not publish a provider record", exc_info=True)
+            return False
+
+    async def find_providers(self, cid: Cid) -> list[dict[str, Any]]:
+        """Providers of ``cid`` as Delegated Routing API records."""
+        key = provider_key(cid)
+        local = self.server.storage.get(_digest(key))
+        try:
+            remote = await self.server.get(key)
+        except Exception:
+            log.warning("DHT lookup failed", exc_info=True)
+            remote = None
+        merged = merge_records(local, remote)
+        return [
+            {
+                "Schema": "peer",
+                "ID": node_id,
+                "Addrs": [entry["url"]],
+                "Protocols": ["transport-ipfs-gateway-http"],
+            }
+            for node_id, entry in sorted(merged.items())
+        ]
+
+    async def _republish_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.ttl / 2)
+            if self.held is None:
+                continue
+            for cid in list(self.held()):
+                await self.provide(cid)
+
+
+def _digest(key: str) -> bytes:
+    result: bytes = kademlia_digest(key)
+    return result

@@ -1,0 +1,200 @@
+"""What a storage node does, independent of any transport.
+
+:class:`NodeService` stores and serves blocks, keeps the index of objects whose shares the
+node holds (SQLite, in the data folder), and answers storage challenges. The HTTP layer
+(:mod:`medmesh.storage.node.http`) and the DHT call only this class.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from eth_account import Account
+from eth_account.signers.local import LocalAccount
+
+from medmesh.errors import InvalidInputError, NotFoundError
+from medmesh.storage.blockstore import Blockstore
+from medmesh.storage.car import read_car
+from medmesh.storage.cid import Cid
+from medmesh.storage.manifest import ManifestHead, decode_head, decode_manifest
+from medmesh.storage.merkle import MerkleProof, prove
+from medmesh.storage.node.config import NodeConfig
+
+__all__ = ["Challenge", "NodeService", "load_node_key"]
+
+KEY_FILE = "node.key"
+MAX_BATCH_BYTES = 64 * 1024 * 1024
+
+
+def load_node_key(data: Path) -> LocalAccount:
+    """The node's secp256k1 identity key, created on first start (file mode 0600)."""
+    path = data / KEY_FILE
+    if not path.exists():
+        data.mkdir(parents=True, exist_ok=True)
+        acct: LocalAccount = Account.create()
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(acct.key.hex() + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        return acct
+    account: LocalAccount = Account.from_key(bytes.fromhex(path.read_text().strip()))
+    return account
+
+
+@dataclass(frozen=True)
+class Challenge:
+    """A storage proof: segment ``proof.index`` of share ``cid`` with its Merkle path."""
+
+    cid: Cid
+    length: int
+    segment_size: int
+    proof: MerkleProof
+
+
+class NodeService:
+    """A storage node's operations over its blockstore and object index."""
+
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config
+        data = config.data_path
+        data.mkdir(parents=True, exist_ok=True)
+        self.account = load_node_key(data)
+        self.store = Blockstore(
+            data,
+            quota=config.quota,
+            max_block_size=config.max_block_size,
+            fsync=config.fsync,
+        )
+        self._db_lock = threading.Lock()
+        self._db = sqlite3.connect(data / "index.db", check_same_thread=False)
+        with self._db:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS objects ("
+                " object TEXT NOT NULL, manifest TEXT NOT NULL,"
+                " PRIMARY KEY (object, manifest))"
+            )
+        self.trusted = frozenset(config.trusted)
+
+    @property
+    def node_id(self) -> str:
+        """The node's address; requests are signed for it."""
+        return str(self.account.address)
+
+    def close(self) -> None:
+        with self._db_lock:
+            self._db.close()
+
+    # -- blocks ------------------------------------------------------------------------
+    def get_block(self, cid: Cid) -> bytes:
+        return self.store.get(cid)
+
+    def put_block(self, cid: Cid, data: bytes) -> bool:
+        return self.store.put(cid, data)
+
+    def put_car(self, body: bytes) -> tuple[int, int]:
+        """Store every block of a CAR body; returns (new blocks, blocks in the CAR).
+
+        Every block is verified against its CID while reading; if any fails, nothing is
+        stored.
+        """
+        if len(body) > MAX_BATCH_BYTES:
+            raise InvalidInputError("batch too large")
+        _, blocks_iter = read_car(io.BytesIO(body))
+        blocks = [(b.cid, b.data) for b in blocks_iter]
+        return self.store.put_many(blocks, verified=True), len(blocks)
+
+    def delete_block(self, cid: Cid) -> bool:
+        return self.store.delete(cid)
+
+    # -- objects -----------------------------------------------------------------------
+    def _head(self, manifest: Cid) -> ManifestHead:
+        return decode_head(self.store.get(manifest))
+
+    def register_object(self, obj: Cid, manifest: Cid) -> None:
+        """Record that this node holds shares of ``obj`` described by ``manifest``.
+
+        The manifest root and its tables must already be stored here, and must name ``obj``.
+        """
+        head = self._head(manifest)
+        if head.object != obj:
+            raise InvalidInputError("manifest does not describe this object")
+        for table in head.tables:
+            if not self.store.has(table):
+                raise InvalidInputError("manifest stripe tables must be stored first")
+        with self._db_lock, self._db:
+            self._db.execute(
+                "INSERT OR IGNORE INTO objects (object, manifest) VALUES (?, ?)",
+                (str(obj), str(manifest)),
+            )
+
+    def unregister_object(self, obj: Cid, manifest: Cid) -> None:
+        with self._db_lock, self._db:
+            self._db.execute(
+                "DELETE FROM objects WHERE object = ? AND manifest = ?", (str(obj), str(manifest))
+            )
+
+    def manifests(self, obj: Cid) -> list[Cid]:
+        with self._db_lock:
+            rows = self._db.execute(
+                "SELECT manifest FROM objects WHERE object = ? ORDER BY manifest", (str(obj),)
+            ).fetchall()
+        return [Cid.parse(r[0]) for r in rows]
+
+    def objects(self) -> Iterator[tuple[Cid, Cid]]:
+        with self._db_lock:
+            rows = self._db.execute("SELECT object, manifest FROM objects").fetchall()
+        for o, m in rows:
+            yield Cid.parse(o), Cid.parse(m)
+
+    def object_info(self, obj: Cid) -> dict[str, Any]:
+        """The manifests of ``obj`` known here and, per manifest, the shares held."""
+        manifests = self.manifests(obj)
+        if not manifests:
+            raise NotFoundError("object not known to this node")
+        out = []
+        for mcid in manifests:
+            head = self._head(mcid)
+            tables = [self.store.get(t) for t in head.tables]
+            manifest = decode_manifest(self.store.get(mcid), tables)
+            held = [[s, i] for s, i, cid in manifest.share_index() if self.store.has(cid)]
+            dag = all(self.store.has(c) for c in manifest.dag)
+            out.append({"manifest": str(mcid), "shares": held, "dag": dag})
+        return {"object": str(obj), "manifests": out}
+
+    # -- proofs ------------------------------------------------------------------------
+    def challenge(self, cid: Cid, index: int, segment_size: int) -> Challenge:
+        """Segment ``index`` of the share ``cid`` and its Merkle path."""
+        data = self.store.get(cid)
+        if not 64 <= segment_size <= 1 << 20:
+            raise InvalidInputError("segment size out of range")
+        count = max(1, -(-len(data) // segment_size))
+        if not 0 <= index < count:
+            raise InvalidInputError("segment index out of range")
+        return Challenge(cid, len(data), segment_size, prove(data, index, segment_size))
+
+    def info(self) -> dict[str, Any]:
+        st = self.store.stats()
+        return {
+            "id": self.node_id,
+            "blocks": st.blocks,
+            "bytes_used": st.bytes_used,
+            "quota": st.quota,
+            "disk_free": st.disk_free,
+        }
+
+
+def remove_stale_files(data: Path) -> None:
+    """Remove a pid/port file left by a crashed daemon."""
+    for name in ("node.pid",):
+        with contextlib.suppress(FileNotFoundError):
+            (data / name).unlink()
