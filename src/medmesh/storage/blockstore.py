@@ -167,7 +167,9 @@ class Blockstore:
         if _disk_free(self.root) - nbytes < self.reserve:
             raise StorageFullError("node disk is full")
 
-    def put(self, cid: Cid, data: bytes | bytearray | memoryview, *, verified: bool = False) -> bool:
+    def put(
+        self, cid: Cid, data: bytes | bytearray | memoryview, *, verified: bool = False
+    ) -> bool:
         """Store ``data`` under ``cid`` durably. Returns False if it was already present.
 
         ``verified=True`` skips the hash check when the caller has just done it.

@@ -170,5 +170,3 @@ class StripeFetcher:
                 raise IntegrityError(f"stripe {s}: rebuilt leaf does not match its CID")
             out.append(data)
         return out
-
-

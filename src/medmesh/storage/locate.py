@@ -45,7 +45,8 @@ class Location:
         return sum(
             1
             for i, cid in enumerate(st.shares)
-            if cid is None or any(self.nodes[n].stats.alive for n in self.holders.get((stripe, i), ()))
+            if cid is None
+            or any(self.nodes[n].stats.alive for n in self.holders.get((stripe, i), ()))
         )
 
 
@@ -89,7 +90,7 @@ async def locate(
             return node, None
 
     answers = await asyncio.gather(*(ask(n) for n in nodes.values()))
-    by_id = {n.node_id: n for n, _ in answers if n.node_id is not None}
+    by_id: dict[str, NodeClient] = {n.node_id: n for n, _ in answers if n.node_id is not None}
     votes: Counter[str] = Counter()
     per_manifest: dict[str, list[tuple[NodeClient, dict[str, object]]]] = defaultdict(list)
     for node, info in answers:
@@ -127,7 +128,7 @@ async def locate(
             for s, i in entry.get("shares", []):  # type: ignore[attr-defined]
                 holders[(int(s), int(i))].append(node.node_id)
         blocks = [Block(c, d) for c, d in meta.items()]
-        return Location(cid, manifest, manifest_cid, blocks, leaves, dict(holders), by_id)  # type: ignore[arg-type]
+        return Location(cid, manifest, manifest_cid, blocks, leaves, dict(holders), by_id)
     raise StorageError(f"no usable manifest for object {cid}: " + "; ".join(errors[:3]))
 
 

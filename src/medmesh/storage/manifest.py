@@ -44,12 +44,12 @@ from medmesh.storage.erasure import ErasureParams
 
 __all__ = [
     "MANIFEST_TYPE",
-    "ManifestHead",
-    "decode_head",
     "TABLE_STRIPES",
     "Manifest",
     "ManifestError",
+    "ManifestHead",
     "Stripe",
+    "decode_head",
     "decode_manifest",
     "decode_table",
     "encode_manifest",
@@ -123,7 +123,7 @@ def encode_manifest(m: Manifest) -> tuple[Cid, list[Block]]:
     blocks: list[Block] = []
     tables: list[Cid] = []
     for first in range(0, len(m.stripes), TABLE_STRIPES):
-        rows = [
+        rows: list[Any] = [
             [
                 st.block_len,
                 [None if c is None else _mf(c) for c in st.shares],
@@ -135,7 +135,7 @@ def encode_manifest(m: Manifest) -> tuple[Cid, list[Block]]:
         cid = Cid.of(data, codec=DAG_CBOR, hash_code=SHA2_256)
         tables.append(cid)
         blocks.append(Block(cid, data))
-    root = {
+    root: dict[str, Any] = {
         "type": MANIFEST_TYPE,
         "version": 1,
         "object": _mf(m.object),

@@ -14,10 +14,11 @@ from dataclasses import dataclass, field
 
 from medmesh.errors import MedmeshError, StorageError
 from medmesh.storage.block import Block
-from medmesh.storage.cid import BLAKE3, RAW, Cid
+from medmesh.storage.cid import Cid
 from medmesh.storage.erasure import encode_parity, pad_stripe
 from medmesh.storage.fetcher import StripeFetcher
 from medmesh.storage.locate import Location
+from medmesh.storage.manifest import Manifest
 from medmesh.storage.placement import place_stripe
 from medmesh.storage.transport import NodeClient
 
@@ -105,18 +106,12 @@ async def repair_location(loc: Location, *, concurrency: int = 8) -> RepairRepor
 def location_from_acked(
     cid: Cid,
     manifest_cid: Cid,
-    manifest: object,
+    manifest: Manifest,
     meta: list[Block],
     leaves: list[tuple[Cid, int]],
     acked: Mapping[int, Mapping[int, str]],
     nodes: dict[str, NodeClient],
 ) -> Location:
     """A :class:`Location` built from what an upload just acknowledged."""
-    from medmesh.storage.manifest import Manifest
-
-    assert isinstance(manifest, Manifest)
     holders = {(s, i): [nid] for s, shares in acked.items() for i, nid in shares.items()}
     return Location(cid, manifest, manifest_cid, meta, leaves, holders, nodes)
-
-
-_ = (BLAKE3, RAW)

@@ -8,7 +8,6 @@ error, so callers never see aiohttp exceptions.
 
 from __future__ import annotations
 
-import asyncio
 import io
 import json
 import time
@@ -128,7 +127,7 @@ class NodeClient:
             ) as resp:
                 data = await resp.read()
                 status = resp.status
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             self.stats.failures += 1
             raise NodeUnavailableError(f"node {self.url} unreachable during {what}") from exc
         if status >= 400:

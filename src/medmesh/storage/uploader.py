@@ -38,6 +38,7 @@ from medmesh.storage.erasure import ErasureParams
 from medmesh.storage.importer import DagBuilder, ImportParams
 from medmesh.storage.manifest import Manifest, encode_manifest
 from medmesh.storage.placement import place_stripe
+from medmesh.storage.repair import location_from_acked, repair_location
 from medmesh.storage.stripes import EncodedStripe, encode_stripe_group
 from medmesh.storage.transport import NodeClient
 
@@ -203,9 +204,7 @@ async def upload(
         size = sum(len(b) for b in group) * params.n // params.k
         if not budget.acquire(size, abort):
             return False
-        fut = pool.submit(
-            encode_stripe_group, first, group, params.erasure, params.proof_segment
-        )
+        fut = pool.submit(encode_stripe_group, first, group, params.erasure, params.proof_segment)
         while True:
             try:
                 results.put(fut, timeout=0.1)
@@ -219,6 +218,7 @@ async def upload(
     dag = DagBuilder(params.dag)
     dag_blocks: list[Block] = []
     stripes: list[EncodedStripe] = []
+    leaf_list: list[tuple[Cid, int]] = []
     total = 0
     try:
         while True:
@@ -232,6 +232,7 @@ async def upload(
             for st in group_out:
                 for cid, size in st.leaves:
                     dag_blocks.extend(dag.add_leaf(cid, size))
+                    leaf_list.append((cid, size))
                     total += size
                 _place(state, st, budget)
                 stripes.append(_light(st))
@@ -265,22 +266,34 @@ async def upload(
         stripes=tuple(st.row() for st in stripes),
     )
     manifest_cid, manifest_blocks = encode_manifest(manifest)
-    lost = {s: {i for i, nid in shares.items() if nid in state.dead} for s, shares in state.acked.items()}
-    lost = {s: idx for s, idx in lost.items() if idx}
     holders = {nid for shares in state.acked.values() for nid in shares.values()} - state.dead
     meta = dag_blocks + manifest_blocks
     await _publish(state, holders, root, manifest_cid, meta)
-    if lost:
-        from medmesh.storage.repair import repair_stripes
-
-        await repair_stripes(
-            manifest, manifest_cid, meta, state.acked, lost, state.nodes, state.dead, state.salt
+    live_acked = {
+        s: {i: nid for i, nid in shares.items() if nid not in state.dead}
+        for s, shares in state.acked.items()
+    }
+    if any(len(shares) < len(state.acked[s]) for s, shares in live_acked.items()):
+        # a node died after acknowledging shares: re-create them elsewhere now
+        for nid in state.dead:
+            state.nodes[nid].stats.alive = False
+        loc = location_from_acked(
+            root, manifest_cid, manifest, meta, leaf_list, live_acked, state.nodes
         )
+        report = await repair_location(loc)
+        if report.unrecoverable:
+            raise StorageError(
+                f"{len(report.unrecoverable)} stripes lost shares on failed nodes and "
+                "could not be re-created; the object is not stored"
+            )
+        live_acked = {
+            s: {i: nids[-1] for (s2, i), nids in loc.holders.items() if s2 == s and nids}
+            for s in live_acked
+        }
     counts: dict[str, int] = defaultdict(int)
-    for shares in state.acked.values():
+    for shares in live_acked.values():
         for nid in shares.values():
-            if nid not in state.dead:
-                counts[state.nodes[nid].url] += 1
+            counts[state.nodes[nid].url] += 1
     return PutReceipt(root, manifest_cid, total, len(stripes), dict(counts))
 
 

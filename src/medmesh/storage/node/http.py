@@ -105,6 +105,7 @@ def make_app(
     guard = ReplayGuard()
     bucket = TokenBucket(cfg.rate_limit) if cfg.rate_limit else None
     trusted = service.trusted
+
     async def run(fn: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
 
@@ -146,7 +147,9 @@ def make_app(
             return fmt
         return None
 
-    async def send_bytes(request: web.Request, data: bytes, headers: dict[str, str]) -> web.StreamResponse:
+    async def send_bytes(
+        request: web.Request, data: bytes, headers: dict[str, str]
+    ) -> web.StreamResponse:
         if bucket is None or request.method == "HEAD":
             plain = web.Response(body=None if request.method == "HEAD" else data, headers=headers)
             if request.method == "HEAD":
@@ -193,7 +196,9 @@ def make_app(
             walked: list[Block] = await run(lambda: list(walk_dfs(cid, service.get_block)))
             blocks = [(b.cid, b.data) for b in walked]
         if sum(len(d) for _, d in blocks) > MAX_CAR_BYTES:
-            raise InvalidInputError("DAG too large for one CAR response; fetch blocks with format=raw")
+            raise InvalidInputError(
+                "DAG too large for one CAR response; fetch blocks with format=raw"
+            )
         out = io.BytesIO()
         write_car([cid], (Block(c, d) for c, d in blocks), out)
         headers = {**common, "Content-Type": CAR_TYPE, "ETag": f'"{cid}.car.{scope}"'}
@@ -227,7 +232,7 @@ def make_app(
             doc = json.loads(body)
             obj, manifest = parse_cid(doc["object"]), parse_cid(doc["manifest"])
         except (ValueError, KeyError, TypeError) as exc:
-            raise InvalidInputError("body must be {\"object\": CID, \"manifest\": CID}") from exc
+            raise InvalidInputError('body must be {"object": CID, "manifest": CID}') from exc
         await run(service.register_object, obj, manifest)
         if announce is not None:
             await announce(obj)
@@ -244,7 +249,7 @@ def make_app(
             cid = parse_cid(doc["cid"])
             index, seg = int(doc["index"]), int(doc.get("segment_size", 16384))
         except (ValueError, KeyError, TypeError) as exc:
-            raise InvalidInputError("body must be {\"cid\", \"index\", \"segment_size\"}") from exc
+            raise InvalidInputError('body must be {"cid", "index", "segment_size"}') from exc
         ch = await run(service.challenge, cid, index, seg)
         return web.json_response(
             {

@@ -110,7 +110,9 @@ class NodeService:
         if len(body) > MAX_BATCH_BYTES:
             raise InvalidInputError("batch too large")
         _, blocks_iter = read_car(io.BytesIO(body))
-        blocks = [(b.cid, b.data) for b in blocks_iter]
+        blocks: list[tuple[Cid, bytes | bytearray | memoryview]] = [
+            (b.cid, b.data) for b in blocks_iter
+        ]
         return self.store.put_many(blocks, verified=True), len(blocks)
 
     def delete_block(self, cid: Cid) -> bool:

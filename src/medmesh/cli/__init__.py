@@ -1,0 +1,1 @@
+"""The ``medmesh`` command line: one module per command group, wired in ``app``."""

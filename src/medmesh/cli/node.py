@@ -1,0 +1,59 @@
+"""``medmesh node``: run a storage node."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from medmesh.cli.common import errors
+
+app = typer.Typer(help="Run a storage node.", no_args_is_help=True)
+
+
+@app.command()
+def run(
+    data: Annotated[Path, typer.Option(help="Data folder (blocks, index, node key, node.json).")],
+    host: Annotated[
+        str, typer.Option(help="Address to bind; keep 127.0.0.1 unless behind a proxy.")
+    ] = "127.0.0.1",
+    port: Annotated[int | None, typer.Option(help="HTTP port (0 = any free port).")] = None,
+    dht_port: Annotated[int | None, typer.Option(help="UDP port of the DHT (0 = any).")] = None,
+    bootstrap: Annotated[
+        list[str] | None, typer.Option(help="DHT peer HOST:PORT (repeatable).")
+    ] = None,
+    trust: Annotated[
+        list[str] | None, typer.Option(help="Address allowed to write (repeatable).")
+    ] = None,
+    quota: Annotated[int | None, typer.Option(help="Maximum bytes stored.")] = None,
+    rate_limit: Annotated[
+        int | None, typer.Option(help="Cap on outgoing bytes/s (0 = none).")
+    ] = None,
+    no_fsync: Annotated[
+        bool, typer.Option("--no-fsync", help="Skip fsync (tests only: unsafe).")
+    ] = False,
+) -> None:
+    """Serve a disk blockstore over the IPFS Trustless Gateway protocol, with signed writes.
+
+    Settings come from DATA/node.json, then these flags (which are saved back to it).
+    """
+    from eth_utils.address import to_checksum_address
+
+    from medmesh.storage.node.config import NodeConfig
+    from medmesh.storage.node.daemon import serve
+
+    with errors():
+        cfg = NodeConfig.load(
+            data,
+            host=host,
+            port=port,
+            dht_port=dht_port,
+            bootstrap=tuple(bootstrap) if bootstrap else None,
+            trusted=tuple(to_checksum_address(t) for t in trust) if trust else None,
+            quota=quota,
+            rate_limit=rate_limit,
+            fsync=False if no_fsync else None,
+        )
+        cfg.save()
+        serve(cfg)

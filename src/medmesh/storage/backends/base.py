@@ -1,0 +1,95 @@
+"""The interface every object store implements.
+
+An object store keeps *ciphertext* objects (sealed records) addressed by the CID of their
+UnixFS DAG, the CID any IPFS implementation gives the same bytes. Stores never see
+plaintext or keys: sealing happens in :class:`medmesh.storage.client.Client`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from medmesh.storage.cid import Cid
+
+__all__ = ["ObjectStore", "Progress", "StoredObject", "VerifyReport"]
+
+#: Called with the number of ciphertext bytes done so far.
+Progress = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    """A stored object: its CID, ciphertext size and store-specific details."""
+
+    cid: Cid
+    size: int
+    manifest: Cid | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class VerifyReport:
+    """The result of challenging every holder of an object's shares."""
+
+    cid: Cid
+    checked: int = 0
+    passed: int = 0
+    failed: list[str] = field(default_factory=list)  # human-readable findings
+    holders: dict[str, dict[str, int]] = field(default_factory=dict)  # url -> counts
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed and self.checked == self.passed
+
+
+class ObjectStore(ABC):
+    """Stores and retrieves ciphertext objects by CID."""
+
+    @abstractmethod
+    async def put(
+        self, pieces: Iterable[bytes], *, progress: Progress | None = None
+    ) -> StoredObject:
+        """Store the bytes produced by ``pieces`` (consumed in a worker thread).
+
+        Parameters
+        ----------
+        pieces
+            The object's bytes in order, in pieces of any size.
+        progress
+            Called with the bytes stored so far.
+
+        Returns
+        -------
+        StoredObject
+            The object's CID (as ``ipfs add --cid-version=1 --raw-leaves`` computes it).
+        """
+
+    @abstractmethod
+    def get(self, cid: Cid) -> AsyncIterator[bytes]:
+        """Yield the object's bytes in order; every block is verified before it is yielded.
+
+        Raises :class:`medmesh.errors.NotFoundError` if no holder knows ``cid`` and
+        :class:`medmesh.errors.InsufficientSharesError` if it cannot be rebuilt.
+        """
+
+    async def size(self, cid: Cid) -> int | None:
+        """The object's size if cheaply known (for progress bars), else None."""
+        return None
+
+    async def repair(self, cid: Cid) -> dict[str, Any]:
+        """Restore full redundancy of ``cid``; returns a summary."""
+        return {"cid": str(cid), "repaired": 0, "note": "this store keeps no redundancy to repair"}
+
+    async def verify(self, cid: Cid) -> VerifyReport:
+        """Check that the holders of ``cid`` still have it."""
+        report = VerifyReport(cid)
+        async for _ in self.get(cid):
+            pass
+        report.checked = report.passed = 1
+        return report
+
+    async def close(self) -> None:  # noqa: B027 - optional hook, most stores hold nothing
+        """Release connections."""

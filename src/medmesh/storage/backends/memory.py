@@ -1,0 +1,55 @@
+"""An in-process object store for unit tests: blocks in a dict, same CIDs as the network."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterable
+
+from medmesh.errors import NotFoundError
+from medmesh.storage.backends.base import ObjectStore, Progress, StoredObject
+from medmesh.storage.cid import Cid
+from medmesh.storage.exporter import export_file
+from medmesh.storage.importer import ImportParams, import_chunks
+
+__all__ = ["MemoryStore"]
+
+
+class MemoryStore(ObjectStore):
+    """Keeps every block in memory; verifies on read like the real stores."""
+
+    def __init__(self, params: ImportParams | None = None) -> None:
+        self.params = params or ImportParams()
+        self.blocks: dict[Cid, bytes] = {}
+        self.roots: dict[Cid, int] = {}
+
+    async def put(
+        self, pieces: Iterable[bytes], *, progress: Progress | None = None
+    ) -> StoredObject:
+        def run() -> StoredObject:
+            root: Cid | None = None
+            for block in import_chunks(pieces, self.params):
+                self.blocks[block.cid] = block.data
+                root = block.cid
+            assert root is not None
+            size = sum(len(b) for b in export_file(root, self._get))
+            self.roots[root] = size
+            if progress is not None:
+                progress(size)
+            return StoredObject(root, size)
+
+        return await asyncio.get_running_loop().run_in_executor(None, run)
+
+    def _get(self, cid: Cid) -> bytes:
+        try:
+            return self.blocks[cid]
+        except KeyError:
+            raise NotFoundError(f"block {cid} not found") from None
+
+    async def get(self, cid: Cid) -> AsyncIterator[bytes]:
+        if cid not in self.roots and cid not in self.blocks:
+            raise NotFoundError(f"object {cid} not found")
+        for piece in export_file(cid, self._get):
+            yield piece
+
+    async def size(self, cid: Cid) -> int | None:
+        return self.roots.get(cid)

@@ -1,0 +1,149 @@
+"""The medmesh storage network: objects erasure-coded over storage nodes.
+
+Configured with the URLs of known nodes (from the home folder, the devnet, or later the
+on-chain registry); more holders are found through the DHT at read time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections import defaultdict
+from collections.abc import AsyncIterator, Iterable, Sequence
+from typing import Any
+
+from medmesh.errors import MedmeshError
+from medmesh.storage.auth import RequestSigner
+from medmesh.storage.backends.base import ObjectStore, Progress, StoredObject, VerifyReport
+from medmesh.storage.cid import Cid
+from medmesh.storage.downloader import stream_leaves
+from medmesh.storage.fetcher import StripeFetcher
+from medmesh.storage.locate import Location, locate
+from medmesh.storage.merkle import segment_count, verify_proof
+from medmesh.storage.repair import repair_location
+from medmesh.storage.transport import NodeClient, open_session
+from medmesh.storage.uploader import StoreParams, upload
+
+__all__ = ["NetworkStore"]
+
+
+class NetworkStore(ObjectStore):
+    """Erasure-coded storage over medmesh nodes.
+
+    >>> store = NetworkStore(["http://127.0.0.1:7601", ...], signer=wallet)  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        urls: Sequence[str],
+        *,
+        signer: RequestSigner | None = None,
+        params: StoreParams | None = None,
+    ) -> None:
+        self.urls = list(urls)
+        self.signer = signer
+        self.params = params or StoreParams()
+        self._session: Any = None
+        self._nodes: list[NodeClient] = []
+        self.last_bad_nodes: dict[str, str] = {}
+
+    def _clients(self) -> list[NodeClient]:
+        if self._session is None or self._session.closed:
+            self._session = open_session(limit_per_host=max(8, self.params.per_node_inflight * 2))
+            self._nodes = [NodeClient(u, self._session, self.signer) for u in self.urls]
+        return self._nodes
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def put(
+        self, pieces: Iterable[bytes], *, progress: Progress | None = None
+    ) -> StoredObject:
+        receipt = await upload(self._clients(), pieces, self.params, progress=progress)
+        return StoredObject(
+            receipt.cid,
+            receipt.size,
+            receipt.manifest,
+            {
+                "stripes": receipt.stripes,
+                "holders": receipt.holders,
+                "k": self.params.k,
+                "n": self.params.n,
+            },
+        )
+
+    async def locate(self, cid: Cid) -> Location:
+        return await locate(self._clients(), cid)
+
+    async def size(self, cid: Cid) -> int | None:
+        return (await self.locate(cid)).manifest.size
+
+    async def get(self, cid: Cid) -> AsyncIterator[bytes]:
+        loc = await self.locate(cid)
+        fetcher = StripeFetcher(loc)
+        try:
+            async for leaf in stream_leaves(loc, fetcher=fetcher):
+                yield leaf
+        finally:
+            self.last_bad_nodes = dict(fetcher.bad_nodes)
+
+    async def repair(self, cid: Cid) -> dict[str, Any]:
+        loc = await self.locate(cid)
+        report = await repair_location(loc)
+        return {
+            "cid": str(cid),
+            "stripes": report.stripes,
+            "damaged": report.damaged,
+            "recreated": report.recreated,
+            "unrecoverable": report.unrecoverable,
+            "new_holders": report.new_holders,
+        }
+
+    async def verify(self, cid: Cid, *, concurrency: int = 32) -> VerifyReport:
+        """Challenge every held share with a random segment and check its Merkle proof."""
+        loc = await self.locate(cid)
+        m = loc.manifest
+        report = VerifyReport(cid)
+        counts: dict[str, dict[str, int]] = defaultdict(lambda: {"shares": 0, "passed": 0})
+        sem = asyncio.Semaphore(concurrency)
+
+        async def one(s: int, i: int, nid: str) -> None:
+            st = m.stripes[s]
+            cid_i = st.shares[i]
+            assert cid_i is not None
+            node = loc.nodes[nid]
+            length = st.block_len if i >= m.k else loc.leaves[s * m.k + i][1]
+            index = secrets.randbelow(segment_count(length, m.proof_segment))
+            counts[node.url]["shares"] += 1
+            async with sem:
+                try:
+                    got_len, proof = await node.challenge(cid_i, index, m.proof_segment)
+                    good = (
+                        got_len == length
+                        and proof.index == index
+                        and verify_proof(st.roots[i], proof, length, m.proof_segment)
+                    )
+                except MedmeshError as exc:
+                    report.failed.append(f"{node.url}: stripe {s} share {i}: {exc.message}")
+                    return
+            if good:
+                report.passed += 1
+                counts[node.url]["passed"] += 1
+            else:
+                report.failed.append(f"{node.url}: stripe {s} share {i}: proof does not verify")
+
+        jobs = [one(s, i, nid) for (s, i), nids in sorted(loc.holders.items()) for nid in nids]
+        report.checked = len(jobs)
+        await asyncio.gather(*jobs)
+        missing = [
+            (s, i)
+            for s, st in enumerate(m.stripes)
+            for i, c in enumerate(st.shares)
+            if c is not None and not loc.holders.get((s, i))
+        ]
+        for s, i in missing[:50]:
+            report.failed.append(f"stripe {s} share {i}: no node holds it")
+        report.holders = dict(counts)
+        return report

@@ -1,0 +1,261 @@
+"""The medmesh storage client: seal on the client, store ciphertext, fetch, open.
+
+:class:`Client` joins the wallet (who may open what) and an object store (where the
+ciphertext lives). Plaintext never leaves this object: ``put`` seals before anything is
+sent, ``get`` verifies every block and the record's authentication tags and only then
+moves the output file into place; on any error no output file is left behind.
+
+>>> client = Client(store, wallet)                      # doctest: +SKIP
+>>> result = client.put("scan.dcm")                      # doctest: +SKIP
+>>> client.get(result.cid, "copy.dcm")                   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import os
+import threading
+from collections.abc import Callable, Coroutine, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, TypeVar
+
+from medmesh.crypto.envelope import RecordOpener, RecordSealer
+from medmesh.crypto.keys import EncryptionPublicKey
+from medmesh.identity.wallet import Wallet
+from medmesh.storage.backends.base import ObjectStore, Progress, VerifyReport
+from medmesh.storage.cid import Cid
+
+__all__ = ["Client", "GetResult", "PutResult"]
+
+READ_SIZE = 4 * 1024 * 1024
+Source = str | os.PathLike[str] | bytes | IO[bytes]
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class PutResult:
+    """A stored record: its CID (IPFS-compatible, of the sealed bytes) and sizes."""
+
+    cid: Cid
+    size: int
+    sealed_size: int
+    manifest: Cid | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "cid": str(self.cid),
+            "size": self.size,
+            "sealed_size": self.sealed_size,
+        }
+        if self.manifest is not None:
+            out["manifest"] = str(self.manifest)
+        out.update(self.details)
+        return out
+
+
+@dataclass(frozen=True)
+class GetResult:
+    """A retrieved record."""
+
+    cid: Cid
+    size: int
+    path: str | None = None
+    bad_nodes: dict[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "cid": str(self.cid),
+            "size": self.size,
+            "path": self.path,
+            "bad_nodes": self.bad_nodes,
+        }
+
+
+def _chunks(
+    source: Source, counter: Callable[[int], None] | None
+) -> tuple[Iterator[bytes], Callable[[], None]]:
+    if isinstance(source, bytes | bytearray):
+        fh: IO[bytes] = io.BytesIO(source)
+    elif isinstance(source, str | os.PathLike):
+        fh = open(source, "rb")  # noqa: SIM115 - closed by the returned closer
+    else:
+        fh = source
+
+    def gen() -> Iterator[bytes]:
+        while chunk := fh.read(READ_SIZE):
+            if counter is not None:
+                counter(len(chunk))
+            yield chunk
+
+    return gen(), fh.close
+
+
+class Client:
+    """Seal, store, fetch and open records.
+
+    Parameters
+    ----------
+    store
+        Where ciphertext goes (:func:`medmesh.storage.backends.open_store`).
+    wallet
+        The caller's wallet: its encryption key is always a recipient of what it puts, and
+        its keys open what it gets; its signing key authorises writes to nodes.
+    """
+
+    def __init__(self, store: ObjectStore, wallet: Wallet) -> None:
+        self.store = store
+        self.wallet = wallet
+
+    # -- async API -----------------------------------------------------------------------
+    async def aput(
+        self,
+        source: Source,
+        *,
+        recipients: Sequence[EncryptionPublicKey] = (),
+        progress: Progress | None = None,
+    ) -> PutResult:
+        """Seal ``source`` for the wallet (and ``recipients``) and store it."""
+        keys = [self.wallet.encryption_public_key, *recipients]
+        sealer = RecordSealer(keys)
+        done = [0]
+        lock = threading.Lock()
+
+        def count(n: int) -> None:
+            with lock:
+                done[0] += n
+            if progress is not None:
+                progress(done[0])
+
+        plain, close = _chunks(source, count)
+        sealed = [0]
+
+        def pieces() -> Iterator[bytes]:
+            for chunk in plain:
+                out = sealer.update(chunk)
+                sealed[0] += len(out)
+                if out:
+                    yield out
+            out = sealer.finalize()
+            sealed[0] += len(out)
+            yield out
+
+        try:
+            stored = await self.store.put(pieces())
+        finally:
+            close()
+        return PutResult(stored.cid, done[0], stored.size, stored.manifest, dict(stored.details))
+
+    async def aget(
+        self,
+        cid: Cid | str,
+        out: str | os.PathLike[str] | IO[bytes],
+        *,
+        progress: Progress | None = None,
+    ) -> GetResult:
+        """Fetch ``cid``, verify and open it into ``out`` (a path or a binary file).
+
+        With a path, the plaintext goes to ``<out>.part`` and is renamed to ``out`` only
+        after the whole record verified; on error the partial file is removed.
+        """
+        cid = Cid.parse(cid) if isinstance(cid, str) else cid
+        opener = RecordOpener(self.wallet.encryption_keys)
+        if isinstance(out, str | os.PathLike):
+            path: Path | None = Path(out)
+            tmp: Path | None = Path(out).with_name(Path(out).name + ".part")
+            sink: IO[bytes] = open(tmp, "wb")  # noqa: SIM115 - closed in finally
+        else:
+            path = tmp = None
+            sink = out
+        loop = asyncio.get_running_loop()
+        writer = ThreadPoolExecutor(1, thread_name_prefix="medmesh-open")
+        written = 0
+        ok = False
+        batch: list[bytes] = []
+        batch_len = 0
+        pending: asyncio.Future[int] | None = None
+
+        def consume(pieces: list[bytes]) -> int:
+            n = 0
+            for p in pieces:
+                plain = opener.update(p)
+                sink.write(plain)
+                n += len(plain)
+            return n
+
+        try:
+            async for piece in self.store.get(cid):
+                batch.append(piece)
+                batch_len += len(piece)
+                if batch_len >= READ_SIZE:
+                    if pending is not None:
+                        written += await pending
+                        if progress is not None:
+                            progress(written)
+                    pending = loop.run_in_executor(writer, consume, batch)
+                    batch, batch_len = [], 0
+            if pending is not None:
+                written += await pending
+            written += await loop.run_in_executor(writer, consume, batch)
+            final = opener.finalize()
+            sink.write(final)
+            written += len(final)
+            if progress is not None:
+                progress(written)
+            if tmp is not None and path is not None:
+                sink.flush()
+                os.fsync(sink.fileno())
+                sink.close()
+                os.replace(tmp, path)
+            ok = True
+        finally:
+            if pending is not None and not pending.done():
+                with contextlib.suppress(BaseException):
+                    await pending
+            writer.shutdown(wait=True)
+            if tmp is not None:
+                sink.close()
+                if not ok:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(tmp)
+        bad = dict(getattr(self.store, "last_bad_nodes", {}) or {})
+        return GetResult(cid, written, str(path) if path is not None else None, bad)
+
+    async def aclose(self) -> None:
+        await self.store.close()
+
+    # -- sync facade ---------------------------------------------------------------------
+    def put(self, source: Source, **kwargs: Any) -> PutResult:
+        return asyncio.run(self._closing(self.aput(source, **kwargs)))
+
+    def get(
+        self, cid: Cid | str, out: str | os.PathLike[str] | IO[bytes], **kwargs: Any
+    ) -> GetResult:
+        return asyncio.run(self._closing(self.aget(cid, out, **kwargs)))
+
+    def get_bytes(self, cid: Cid | str) -> bytes:
+        buf = io.BytesIO()
+        self.get(cid, buf)
+        return buf.getvalue()
+
+    def repair(self, cid: Cid | str) -> dict[str, Any]:
+        c = Cid.parse(cid) if isinstance(cid, str) else cid
+        return asyncio.run(self._closing(self.store.repair(c)))
+
+    def verify(self, cid: Cid | str) -> VerifyReport:
+        c = Cid.parse(cid) if isinstance(cid, str) else cid
+        return asyncio.run(self._closing(self.store.verify(c)))
+
+    def sealed_size(self, cid: Cid | str) -> int | None:
+        c = Cid.parse(cid) if isinstance(cid, str) else cid
+        return asyncio.run(self._closing(self.store.size(c)))
+
+    async def _closing(self, coro: Coroutine[Any, Any, T]) -> T:
+        try:
+            return await coro
+        finally:
+            await self.store.close()
