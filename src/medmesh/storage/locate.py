@@ -19,7 +19,7 @@ import aiohttp
 
 from medmesh.errors import IntegrityError, MedmeshError, NotFoundError, StorageError
 from medmesh.storage.block import Block
-from medmesh.storage.cid import Cid
+from medmesh.storage.cid import RAW, Cid
 from medmesh.storage.exporter import leaf_cids
 from medmesh.storage.manifest import Manifest, decode_head, decode_manifest
 from medmesh.storage.transport import NodeClient
@@ -117,7 +117,10 @@ async def locate(
             meta = {manifest_cid: root_block, **dict(zip(head.tables, tables, strict=True))}
             for dag_cid in manifest.dag:
                 meta[dag_cid] = await _fetch_any(dag_cid, sources)
-            leaves = list(leaf_cids(cid, _getter(meta)))
+            if cid.codec == RAW:  # a one-leaf object: the root is the leaf
+                leaves = [(cid, manifest.size)]
+            else:
+                leaves = list(leaf_cids(cid, _getter(meta)))
             _check_layout(manifest, leaves)
         except MedmeshError as exc:
             errors.append(exc.message)

@@ -87,7 +87,11 @@ class NetworkStore(ObjectStore):
             async for leaf in stream_leaves(loc, fetcher=fetcher):
                 yield leaf
         finally:
-            self.last_bad_nodes = dict(fetcher.bad_nodes)
+            bad = dict(fetcher.bad_nodes)
+            for node in loc.nodes.values():
+                if node.stats.bad_blocks and node.url not in bad:
+                    bad[node.url] = f"served {node.stats.bad_blocks} corrupted block(s)"
+            self.last_bad_nodes = bad
 
     async def repair(self, cid: Cid) -> dict[str, Any]:
         loc = await self.locate(cid)
