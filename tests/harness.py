@@ -10,7 +10,6 @@ have blocks on its disk corrupted.
 from __future__ import annotations
 
 import asyncio
-import os
 import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -63,7 +62,7 @@ class LocalCluster:
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
         self.nodes: list[TestNode] = []
-        for i in range(count):
+        for _ in range(count):
             self.add_node()
 
     def _run(self, coro: Awaitable[Any]) -> Any:
@@ -160,4 +159,4 @@ def random_bytes(n: int, seed: int = 0) -> bytes:
     return random.Random(seed).randbytes(n) if n else b""
 
 
-__all__ = ["Fault", "LocalCluster", "TestNode", "random_bytes", "os"]
+__all__ = ["Fault", "LocalCluster", "TestNode", "random_bytes"]

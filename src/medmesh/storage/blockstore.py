@@ -94,6 +94,7 @@ class Blockstore:
         self.reserve = reserve
         self.fsync = fsync
         self._lock = threading.Lock()
+        self._publish_lock = threading.Lock()
         self._count = 0
         self._used = 0
         self._scan()
@@ -209,6 +210,7 @@ class Blockstore:
         self.check_room(sum(len(v) for _, v in todo))
         new_dirs: set[Path] = set()
         staged: list[tuple[Path, Path]] = []
+        new_sizes: list[int] = []
         try:
             for path, view in todo:
                 shard = path.parent
@@ -218,8 +220,14 @@ class Blockstore:
                 tmp = shard / f"{_TMP_PREFIX}{os.getpid()}-{threading.get_ident()}-{path.name}"
                 staged.append((tmp, path))
                 _write_file(tmp, view, self.fsync)
-            for tmp, path in staged:
-                os.replace(tmp, path)
+            # Publish under a lock so that concurrent puts of one block count it once.
+            with self._publish_lock:
+                for (tmp, path), (_, view) in zip(staged, todo, strict=True):
+                    if path.is_file():  # another writer stored the same block meanwhile
+                        os.unlink(tmp)
+                        continue
+                    os.replace(tmp, path)
+                    new_sizes.append(len(view))
             if self.fsync:
                 for shard in {path.parent for _, path in staged}:
                     _fsync_dir(shard)
@@ -233,9 +241,9 @@ class Blockstore:
                 raise StorageFullError("node disk is full") from exc
             raise
         with self._lock:
-            self._count += len(todo)
-            self._used += sum(len(v) for _, v in todo)
-        return len(todo)
+            self._count += len(new_sizes)
+            self._used += sum(new_sizes)
+        return len(new_sizes)
 
     def delete(self, cid: Cid) -> bool:
         """Remove a block. Returns False if it was absent."""

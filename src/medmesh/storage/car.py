@@ -4,8 +4,8 @@ Format (CARv1 spec, https://ipld.io/specs/transport/car/carv1/)::
 
     varint(len(header)) | header | { varint(len(cid) + len(block)) | cid | block }*
 
-- ``header`` is the DAG-CBOR map ``{"roots": [CID, ...], "version": 1}``, encoded with the
-  ``dag_cbor`` package (which gives the canonical key order, ``roots`` first, and CIDs as tag 42).
+- ``header`` is the DAG-CBOR map ``{"roots": [CID, ...], "version": 1}`` (canonical key order,
+  ``roots`` first, CIDs as tag 42; see :mod:`medmesh.storage.dagcbor`).
   Empty ``roots`` are accepted and written, as the JS implementation and go-car/v2 do.
 - ``cid`` is the binary CID (34 bytes for v0, ``0x01 codec multihash`` for v1), followed directly
   by the block bytes. Varints are unsigned LEB128.
@@ -28,10 +28,8 @@ import io
 from collections.abc import Iterable, Iterator, Sequence
 from typing import BinaryIO, Final
 
-import dag_cbor
-from multiformats import CID as _MfCid
-
 from medmesh.errors import InvalidCidError, InvalidInputError
+from medmesh.storage import dagcbor
 from medmesh.storage.block import Block
 from medmesh.storage.cid import Cid
 from medmesh.storage.exporter import BlockGetter, walk_dfs
@@ -57,7 +55,7 @@ _MAX_VARINT_BYTES: Final = 10
 
 def encode_header(roots: Sequence[Cid]) -> bytes:
     """The length-prefixed CARv1 header for ``roots``."""
-    header = dag_cbor.encode({"roots": [_MfCid.decode(bytes(r)) for r in roots], "version": 1})
+    header = dagcbor.encode({"roots": list(roots), "version": 1})
     return encode_varint(len(header)) + header
 
 
@@ -144,8 +142,8 @@ def _read_stream_varint(stream: BinaryIO, what: str) -> int | None:
 
 def _parse_header(raw: bytes) -> list[Cid]:
     try:
-        header = dag_cbor.decode(raw)
-    except Exception as exc:  # dag_cbor raises its own error tree (and ValueError, ...)
+        header = dagcbor.decode(raw)
+    except InvalidInputError as exc:
         raise InvalidInputError("CAR: header is not valid DAG-CBOR") from exc
     if not isinstance(header, dict):
         raise InvalidInputError("CAR: header is not a map")
@@ -161,12 +159,9 @@ def _parse_header(raw: bytes) -> list[Cid]:
         raise InvalidInputError("CAR: header roots is not a list")
     roots: list[Cid] = []
     for r in roots_raw:
-        if not isinstance(r, _MfCid):
+        if not isinstance(r, Cid):
             raise InvalidInputError("CAR: header roots must be CIDs")
-        try:
-            roots.append(Cid.from_bytes(bytes(r)))
-        except InvalidCidError as exc:
-            raise InvalidInputError("CAR: unsupported root CID in header") from exc
+        roots.append(r)
     return roots
 
 

@@ -165,9 +165,10 @@ class Client:
         cid = Cid.parse(cid) if isinstance(cid, str) else cid
         opener = RecordOpener(self.wallet.encryption_keys)
         if isinstance(out, str | os.PathLike):
+            part = Path(out).with_name(Path(out).name + ".part")
             path: Path | None = Path(out)
-            tmp: Path | None = Path(out).with_name(Path(out).name + ".part")
-            sink: IO[bytes] = open(tmp, "wb")  # noqa: SIM115 - closed in finally
+            tmp: Path | None = part
+            sink: IO[bytes] = open(part, "wb")  # noqa: SIM115 - closed in finally
         else:
             path = tmp = None
             sink = out

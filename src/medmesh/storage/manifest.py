@@ -34,10 +34,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-import dag_cbor
-from multiformats import CID as MfCid
-
 from medmesh.errors import InvalidInputError
+from medmesh.storage import dagcbor
 from medmesh.storage.block import Block
 from medmesh.storage.cid import DAG_CBOR, SHA2_256, Cid
 from medmesh.storage.erasure import ErasureParams
@@ -102,14 +100,10 @@ class Manifest:
                     yield s, i, cid
 
 
-def _mf(cid: Cid) -> MfCid:
-    return MfCid.decode(bytes(cid))
-
-
 def _cid(value: Any) -> Cid:
-    if not isinstance(value, MfCid):
+    if not isinstance(value, Cid):
         raise ManifestError("manifest field is not a CID")
-    return Cid.from_bytes(bytes(value))
+    return value
 
 
 def _int(value: Any, lo: int = 0, hi: int = 2**63) -> int:
@@ -126,29 +120,29 @@ def encode_manifest(m: Manifest) -> tuple[Cid, list[Block]]:
         rows: list[Any] = [
             [
                 st.block_len,
-                [None if c is None else _mf(c) for c in st.shares],
+                list(st.shares),
                 list(st.roots),
             ]
             for st in m.stripes[first : first + TABLE_STRIPES]
         ]
-        data = dag_cbor.encode({"type": TABLE_TYPE, "first": first, "stripes": rows})
+        data = dagcbor.encode({"type": TABLE_TYPE, "first": first, "stripes": rows})
         cid = Cid.of(data, codec=DAG_CBOR, hash_code=SHA2_256)
         tables.append(cid)
         blocks.append(Block(cid, data))
     root: dict[str, Any] = {
         "type": MANIFEST_TYPE,
         "version": 1,
-        "object": _mf(m.object),
+        "object": m.object,
         "size": m.size,
         "chunk_size": m.chunk_size,
         "max_links": m.max_links,
         "erasure": {"scheme": "zfec", "k": m.k, "n": m.n},
         "proof_segment": m.proof_segment,
-        "dag": [_mf(c) for c in m.dag],
+        "dag": list(m.dag),
         "stripes": len(m.stripes),
-        "tables": [_mf(c) for c in tables],
+        "tables": tables,
     }
-    data = dag_cbor.encode(root)
+    data = dagcbor.encode(root)
     cid = Cid.of(data, codec=DAG_CBOR, hash_code=SHA2_256)
     blocks.append(Block(cid, data))
     return cid, blocks
@@ -156,8 +150,8 @@ def encode_manifest(m: Manifest) -> tuple[Cid, list[Block]]:
 
 def _decode_map(data: bytes, expected_type: str) -> dict[str, Any]:
     try:
-        obj = dag_cbor.decode(data)
-    except Exception as exc:  # DAGCBORDecodingError and friends
+        obj = dagcbor.decode(data)
+    except InvalidInputError as exc:
         raise ManifestError("manifest block is not valid DAG-CBOR") from exc
     if not isinstance(obj, dict) or obj.get("type") != expected_type:
         raise ManifestError(f"block is not a {expected_type} block")

@@ -8,7 +8,7 @@ error, so callers never see aiohttp exceptions.
 
 from __future__ import annotations
 
-import io
+import asyncio
 import json
 import time
 from collections.abc import Iterable
@@ -28,9 +28,10 @@ from medmesh.errors import (
 )
 from medmesh.storage.auth import RequestSigner, body_digest, sign_request
 from medmesh.storage.block import Block
-from medmesh.storage.car import write_car
+from medmesh.storage.car import encode_header
 from medmesh.storage.cid import Cid
 from medmesh.storage.merkle import MerkleProof
+from medmesh.storage.unixfs import encode_varint
 
 __all__ = ["NodeClient", "NodeStats", "open_session"]
 
@@ -120,7 +121,11 @@ class NodeClient:
             if self.node_id is None:
                 await self.info()
             assert self.node_id is not None
-            hdrs.update(sign_request(self.signer, self.node_id, method, target, body_digest(body)))
+            if len(body) > 65536:  # hash big bodies off the event loop
+                digest = await asyncio.get_running_loop().run_in_executor(None, body_digest, body)
+            else:
+                digest = body_digest(body)
+            hdrs.update(sign_request(self.signer, self.node_id, method, target, digest))
         try:
             async with self.session.request(
                 method, self.url + target, data=body if body else None, headers=hdrs
@@ -167,17 +172,20 @@ class NodeClient:
         blocks = list(blocks)
         if not blocks:
             return 0
-        out = io.BytesIO()
-        write_car([blocks[0].cid], blocks, out)
-        _, data = await self._request(
+        parts = [encode_header([blocks[0].cid])]
+        for cid, data in blocks:
+            raw = bytes(cid)
+            parts += (encode_varint(len(raw) + len(data)), raw, data)
+        body = b"".join(parts)
+        _, answer = await self._request(
             "POST",
             "/blocks",
-            body=out.getvalue(),
+            body=body,
             headers={"Content-Type": "application/vnd.ipld.car"},
             signed=True,
             what="block upload",
         )
-        return int(json.loads(data)["new"])
+        return int(json.loads(answer)["new"])
 
     async def delete_block(self, cid: Cid) -> None:
         await self._request("DELETE", f"/ipfs/{cid}", signed=True, what="block delete")

@@ -62,7 +62,7 @@ class StoreParams:
     max_links: int = 174
     k: int = 3
     n: int = 5
-    proof_segment: int = 16384
+    proof_segment: int = 65536
     group_stripes: int = 8
     batch_bytes: int = 4 * 1024 * 1024
     per_node_inflight: int = 2
@@ -90,17 +90,28 @@ class PutReceipt:
 
 
 def _leaves(pieces: Iterable[bytes], chunk_size: int) -> Iterator[bytes]:
-    buf = bytearray()
+    """Cut pieces of any size into ``chunk_size`` leaves (the last may be shorter).
+
+    Each leaf is copied once; the carried-over tail of a piece is never moved again.
+    """
+    carry = b""
     for piece in pieces:
-        if not buf and len(piece) == chunk_size:
-            yield bytes(piece)
-            continue
-        buf += piece
-        while len(buf) >= chunk_size:
-            yield bytes(buf[:chunk_size])
-            del buf[:chunk_size]
-    if buf:
-        yield bytes(buf)
+        view = memoryview(piece)
+        pos = 0
+        if carry:
+            need = chunk_size - len(carry)
+            if len(view) < need:
+                carry += bytes(view)
+                continue
+            yield carry + bytes(view[:need])
+            pos = need
+            carry = b""
+        end = len(view) - (len(view) - pos) % chunk_size
+        for off in range(pos, end, chunk_size):
+            yield bytes(view[off : off + chunk_size])
+        carry = bytes(view[end:])
+    if carry:
+        yield carry
 
 
 class _Budget:

@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Final
 
+from eth_utils.address import to_checksum_address
+
 from medmesh.errors import ConfigError
 
 __all__ = ["DEFAULT_HOST", "NodeConfig"]
@@ -40,6 +42,14 @@ class NodeConfig:
     rate_limit: int = 0
     fsync: bool = True
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        # Signers are compared as checksummed addresses; a hand-edited node.json may not be.
+        try:
+            trusted = tuple(to_checksum_address(a) for a in self.trusted)
+        except (ValueError, TypeError) as exc:
+            raise ConfigError("trusted entries must be Ethereum addresses") from exc
+        object.__setattr__(self, "trusted", trusted)
 
     @property
     def data_path(self) -> Path:

@@ -33,7 +33,19 @@ def _parse_addr(text: str) -> tuple[str, int]:
     return host or "127.0.0.1", int(port)
 
 
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 async def _run(config: NodeConfig, ready: asyncio.Event | None = None) -> None:
+    # Handle SIGTERM/SIGINT before announcing anything: a stop that arrives as soon as
+    # node.url exists must still be a clean stop.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
     service = NodeService(config)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -60,20 +72,16 @@ async def _run(config: NodeConfig, ready: asyncio.Event | None = None) -> None:
     await site.start()
 
     data = config.data_path
-    (data / "node.url").write_text(url + "\n")
-    (data / "node.dht").write_text(f"{config.host}:{dht_port}\n")
-    (data / "node.pid").write_text(f"{os.getpid()}\n")
-    log.info("node %s listening on %s (dht udp %s)", service.node_id, url, dht_port)
-    for obj in held():  # re-announce what we hold after a restart
-        await dht.provide(obj)
-
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    if ready is not None:
-        ready.set()
     try:
+        # node.url last: its presence (complete, written atomically) means the node is ready
+        _write_atomic(data / "node.pid", f"{os.getpid()}\n")
+        _write_atomic(data / "node.dht", f"{config.host}:{dht_port}\n")
+        _write_atomic(data / "node.url", url + "\n")
+        log.info("node %s listening on %s (dht udp %s)", service.node_id, url, dht_port)
+        for obj in held():  # re-announce what we hold after a restart
+            await dht.provide(obj)
+        if ready is not None:
+            ready.set()
         await stop.wait()
     finally:
         for name in ("node.url", "node.pid", "node.dht"):

@@ -82,12 +82,22 @@ def _status_for(exc: MedmeshError) -> int:
     return 500
 
 
+_HTTP_CODES: Final = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}
+
+
 @web.middleware
 async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except MedmeshError as exc:
         return _error(_status_for(exc), exc.code, exc.message)
+    except web.HTTPException as exc:  # unknown route, wrong method, body too large
+        if exc.status < 400:
+            raise
+        resp = _error(exc.status, _HTTP_CODES.get(exc.status, "http_error"), exc.reason)
+        if "Allow" in exc.headers:
+            resp.headers["Allow"] = exc.headers["Allow"]
+        return resp
 
 
 def make_app(
@@ -151,10 +161,8 @@ def make_app(
         request: web.Request, data: bytes, headers: dict[str, str]
     ) -> web.StreamResponse:
         if bucket is None or request.method == "HEAD":
-            plain = web.Response(body=None if request.method == "HEAD" else data, headers=headers)
-            if request.method == "HEAD":
-                plain.content_length = len(data)
-            return plain
+            # aiohttp sends Content-Length but no body in answer to HEAD
+            return web.Response(body=data, headers=headers)
         resp = web.StreamResponse(headers=headers)
         resp.content_length = len(data)
         await resp.prepare(request)
@@ -248,7 +256,7 @@ def make_app(
             doc = json.loads(body)
             cid = parse_cid(doc["cid"])
             index, seg = int(doc["index"]), int(doc.get("segment_size", 16384))
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, OverflowError) as exc:
             raise InvalidInputError('body must be {"cid", "index", "segment_size"}') from exc
         ch = await run(service.challenge, cid, index, seg)
         return web.json_response(

@@ -12,6 +12,7 @@ import io
 import os
 import sqlite3
 import threading
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,7 @@ from medmesh.errors import InvalidInputError, NotFoundError
 from medmesh.storage.blockstore import Blockstore
 from medmesh.storage.car import read_car
 from medmesh.storage.cid import Cid
-from medmesh.storage.manifest import ManifestHead, decode_head, decode_manifest
+from medmesh.storage.manifest import Manifest, ManifestHead, decode_head, decode_manifest
 from medmesh.storage.merkle import MerkleProof, prove
 from medmesh.storage.node.config import NodeConfig
 
@@ -32,6 +33,7 @@ __all__ = ["Challenge", "NodeService", "load_node_key"]
 
 KEY_FILE = "node.key"
 MAX_BATCH_BYTES = 64 * 1024 * 1024
+MANIFEST_CACHE = 64
 
 
 def load_node_key(data: Path) -> LocalAccount:
@@ -84,6 +86,8 @@ class NodeService:
                 " PRIMARY KEY (object, manifest))"
             )
         self.trusted = frozenset(config.trusted)
+        self._manifests: OrderedDict[Cid, Manifest] = OrderedDict()
+        self._cache_lock = threading.Lock()
 
     @property
     def node_id(self) -> str:
@@ -121,6 +125,23 @@ class NodeService:
     # -- objects -----------------------------------------------------------------------
     def _head(self, manifest: Cid) -> ManifestHead:
         return decode_head(self.store.get(manifest))
+
+    def _manifest(self, mcid: Cid) -> Manifest:
+        """A decoded manifest (immutable, so cached by CID)."""
+        with self._cache_lock:
+            cached = self._manifests.get(mcid)
+            if cached is not None:
+                self._manifests.move_to_end(mcid)
+                return cached
+        root = self.store.get(mcid)
+        mcid.verify(root)
+        head = decode_head(root)
+        manifest = decode_manifest(root, [self.store.get(t) for t in head.tables])
+        with self._cache_lock:
+            self._manifests[mcid] = manifest
+            while len(self._manifests) > MANIFEST_CACHE:
+                self._manifests.popitem(last=False)
+        return manifest
 
     def register_object(self, obj: Cid, manifest: Cid) -> None:
         """Record that this node holds shares of ``obj`` described by ``manifest``.
@@ -165,9 +186,7 @@ class NodeService:
             raise NotFoundError("object not known to this node")
         out = []
         for mcid in manifests:
-            head = self._head(mcid)
-            tables = [self.store.get(t) for t in head.tables]
-            manifest = decode_manifest(self.store.get(mcid), tables)
+            manifest = self._manifest(mcid)
             held = [[s, i] for s, i, cid in manifest.share_index() if self.store.has(cid)]
             dag = all(self.store.has(c) for c in manifest.dag)
             out.append({"manifest": str(mcid), "shares": held, "dag": dag})

@@ -1,0 +1,262 @@
+"""Tests for medmesh.storage.node.dht: merged provider records, and a real UDP network."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from medmesh.storage.cid import DAG_PB, Cid
+from medmesh.storage.node.config import NodeConfig
+from medmesh.storage.node.dht import (
+    MAX_PROVIDERS,
+    ProviderDht,
+    ProviderStorage,
+    merge_records,
+    provider_key,
+)
+from medmesh.storage.node.http import make_app
+from medmesh.storage.node.service import NodeService
+
+KEY = b"k" * 20
+
+
+def _rec(node: str, url: str, expires: float) -> str:
+    return json.dumps({node: {"url": url, "expires": expires}})
+
+
+def _stored(storage: ProviderStorage, key: bytes = KEY) -> dict[str, Any] | None:
+    value = storage.get(key)
+    return None if value is None else dict(json.loads(value))
+
+
+# -- merge semantics ---------------------------------------------------------------------
+
+
+def test_two_providers_records_merge() -> None:
+    later = time.time() + 3600
+    storage = ProviderStorage()
+    storage[KEY] = _rec("0xA", "http://a", later)
+    storage[KEY] = _rec("0xB", "http://b", later)
+    assert _stored(storage) == {
+        "0xA": {"url": "http://a", "expires": later},
+        "0xB": {"url": "http://b", "expires": later},
+    }
+
+
+@pytest.mark.parametrize("newest_first", [True, False])
+def test_newest_record_of_a_provider_wins(newest_first: bool) -> None:
+    now = time.time()
+    old, new = _rec("0xA", "http://old", now + 100), _rec("0xA", "http://new", now + 200)
+    storage = ProviderStorage()
+    for value in (new, old) if newest_first else (old, new):
+        storage[KEY] = value
+    assert _stored(storage) == {"0xA": {"url": "http://new", "expires": now + 200}}
+
+
+def test_expired_records_are_dropped() -> None:
+    now = time.time()
+    storage = ProviderStorage()
+    storage[KEY] = _rec("0xA", "http://a", now - 1)
+    assert _stored(storage) is None
+    assert KEY not in storage.data
+    storage[KEY] = json.dumps(
+        {
+            "0xA": {"url": "http://a", "expires": now - 1},
+            "0xB": {"url": "http://b", "expires": now + 60},
+        }
+    )
+    assert set(_stored(storage) or {}) == {"0xB"}
+
+
+def test_records_that_expire_while_stored_vanish_on_read() -> None:
+    storage = ProviderStorage()
+    # as if stored a while ago: the record expired since
+    storage.data[KEY] = (time.monotonic(), _rec("0xA", "http://a", time.time() - 5))
+    assert storage.get(KEY, "absent") == "absent"
+    assert KEY not in storage.data
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        "not json",
+        b"\xff\xfe",
+        "[1, 2, 3]",
+        '"a string"',
+        "42",
+        '{"0xC": "http://c"}',
+        '{"0xC": {"url": 5, "expires": 9999999999}}',
+        '{"0xC": {"url": "http://c", "expires": "tomorrow"}}',
+        '{"0xC": {"url": "http://c"}}',
+        '{"0xC": {"url": "http://c", "expires": true}}',
+        12345,
+        None,
+    ],
+)
+def test_garbage_is_ignored_and_keeps_what_was_stored(garbage: Any) -> None:
+    later = time.time() + 3600
+    empty = ProviderStorage()
+    empty[KEY] = garbage
+    assert _stored(empty) is None
+    storage = ProviderStorage()
+    storage[KEY] = _rec("0xA", "http://a", later)
+    storage[KEY] = garbage
+    assert _stored(storage) == {"0xA": {"url": "http://a", "expires": later}}
+
+
+def test_provider_list_is_capped_keeping_the_newest() -> None:
+    base = time.time() + 1000
+    many = {f"0x{i:02d}": {"url": f"http://n{i}", "expires": base + i} for i in range(60)}
+    merged = merge_records(json.dumps(many))
+    assert len(merged) == MAX_PROVIDERS
+    assert set(merged) == {f"0x{i:02d}" for i in range(60 - MAX_PROVIDERS, 60)}
+    # and the stored record still fits in one UDP datagram of rpcudp (8 KiB)
+    storage = ProviderStorage()
+    storage[KEY] = json.dumps(many)
+    assert len(storage[KEY].encode()) < 8192
+
+
+def test_merge_records_accepts_dicts_text_and_bytes() -> None:
+    now = 1_000.0
+    a = {"0xA": {"url": "http://a", "expires": 2_000}}
+    b = _rec("0xB", "http://b", 3_000).encode()
+    assert merge_records(a, b, None, now=now) == {
+        "0xA": {"url": "http://a", "expires": 2_000},
+        "0xB": {"url": "http://b", "expires": 3_000},
+    }
+    assert merge_records(a, now=2_001) == {}
+
+
+def test_storage_iteration_and_age() -> None:
+    storage = ProviderStorage()
+    storage[KEY] = _rec("0xA", "http://a", time.time() + 60)
+    assert [k for k, _ in storage] == [KEY]
+    assert storage.iter_older_than(3600) == []
+    assert [k for k, _ in storage.iter_older_than(0)] == [KEY]
+
+
+def test_provider_key_ignores_codec_and_version() -> None:
+    v1 = Cid.of(b"\x0a\x00", DAG_PB)
+    v0 = Cid(0, DAG_PB, v1.hash_code, v1.digest)
+    raw = Cid.of(b"\x0a\x00")
+    assert provider_key(v0) == provider_key(v1) == provider_key(raw)
+    assert provider_key(raw) != provider_key(Cid.of(b"other"))
+
+
+# -- a real network on 127.0.0.1 --------------------------------------------------------
+
+
+@asynccontextmanager
+async def network(count: int) -> AsyncIterator[list[ProviderDht]]:
+    """``count`` DHT nodes on UDP port 0; all but the first join through the first."""
+    nodes: list[ProviderDht] = []
+    try:
+        first = ProviderDht("0xA0", "http://127.0.0.1:1")
+        nodes.append(first)
+        port = await first.start()
+        for i in range(1, count):
+            node = ProviderDht(
+                f"0xA{i}", f"http://127.0.0.1:{i + 1}", bootstrap=[("127.0.0.1", port)]
+            )
+            nodes.append(node)
+            await node.start()
+        yield nodes
+    finally:
+        for node in nodes:
+            await node.stop()
+
+
+def test_dht_nodes_listen_on_loopback_ports() -> None:
+    async def run() -> list[tuple[str, int]]:
+        async with network(3) as nodes:
+            return [n.server.transport.get_extra_info("sockname")[:2] for n in nodes]
+
+    addrs = asyncio.run(run())
+    assert all(host == "127.0.0.1" and port > 0 for host, port in addrs)
+    assert len({port for _, port in addrs}) == 3
+
+
+def test_a_provider_is_found_from_another_node() -> None:
+    cid = Cid.of(b"object held by A")
+
+    async def run() -> tuple[bool, list[dict[str, Any]], list[dict[str, Any]]]:
+        async with network(3) as (a, _b, c):
+            stored = await a.provide(cid)
+            c.server.storage.data.clear()  # make C ask the network, not its own copy
+            found = await c.find_providers(cid)
+            nothing = await c.find_providers(Cid.of(b"nobody has this"))
+            return stored, found, nothing
+
+    stored, found, nothing = asyncio.run(run())
+    assert stored is True
+    assert found == [
+        {
+            "Schema": "peer",
+            "ID": "0xA0",
+            "Addrs": ["http://127.0.0.1:1"],
+            "Protocols": ["transport-ipfs-gateway-http"],
+        }
+    ]
+    assert nothing == []
+
+
+def test_two_providers_are_both_found() -> None:
+    cid = Cid.of(b"object held by A and B")
+
+    async def run() -> tuple[list[str], list[str]]:
+        async with network(3) as (a, b, c):
+            await a.provide(cid)
+            await b.provide(cid)
+            with_local = [p["ID"] for p in await c.find_providers(cid)]
+            c.server.storage.data.clear()
+            remote = [p["ID"] for p in await c.find_providers(cid)]
+            return with_local, remote
+
+    with_local, remote = asyncio.run(run())
+    assert with_local == remote == ["0xA0", "0xA1"]
+
+
+def test_a_lone_node_finds_its_own_record() -> None:
+    cid = Cid.of(b"alone")
+
+    async def run() -> tuple[bool, list[str]]:
+        async with network(1) as (a,):
+            stored = await a.provide(cid)
+            return stored, [p["Addrs"][0] for p in await a.find_providers(cid)]
+
+    stored, urls = asyncio.run(run())
+    assert stored is False  # no other DHT node took it...
+    assert urls == ["http://127.0.0.1:1"]  # ...but the node still answers for itself
+
+
+def test_routing_endpoint_answers_from_the_dht(tmp_path: Path) -> None:
+    cid = Cid.of(b"routed")
+    service = NodeService(NodeConfig(data=str(tmp_path / "node")))
+
+    async def run() -> tuple[int, Any, int]:
+        async with network(3) as (a, _b, c):
+            await a.provide(cid)
+            app = make_app(service, providers=c.find_providers, announce=c.provide)
+            async with TestClient(TestServer(app, host="127.0.0.1", port=0)) as client:
+                async with client.get(f"/routing/v1/providers/{cid}") as resp:
+                    found = (resp.status, await resp.json())
+                async with client.get(f"/routing/v1/providers/{Cid.of(b'x')}") as resp:
+                    missing = resp.status
+            return found[0], found[1], missing
+
+    try:
+        status, doc, missing = asyncio.run(run())
+    finally:
+        service.close()
+    assert status == 200
+    assert [p["ID"] for p in doc["Providers"]] == ["0xA0"]
+    assert doc["Providers"][0]["Addrs"] == ["http://127.0.0.1:1"]
+    assert missing == 404
