@@ -14,7 +14,6 @@ import json
 import os
 import signal
 import socket
-import subprocess
 import sys
 import time
 import urllib.error
@@ -89,6 +88,28 @@ def _probe(url: str, timeout: float = 1.0) -> bool:
             return bool(resp.status == 200)
     except (urllib.error.URLError, OSError):
         return False
+
+
+def _spawn_detached(cmd: list[str], log: Path) -> None:
+    """Start ``cmd`` as a daemon: its own session, re-parented to init, output to ``log``.
+
+    The classic double fork: the node outlives this process (``devnet up`` returns) and is
+    never left as a zombie of whoever called us.
+    """
+    pid = os.fork()
+    if pid == 0:  # first child
+        try:
+            os.setsid()
+            if os.fork() == 0:  # grandchild: becomes the node
+                fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+                null = os.open(os.devnull, os.O_RDONLY)
+                os.dup2(null, 0)
+                os.dup2(fd, 1)
+                os.dup2(fd, 2)
+                os.execv(cmd[0], cmd)  # noqa: S606 - our own interpreter and module
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
 
 
 class Devnet:
@@ -202,14 +223,7 @@ class Devnet:
             if quota is not None:
                 cmd += ["--quota", str(quota)]
             Path(n["data"]).mkdir(parents=True, exist_ok=True)
-            with open(self.logs / f"node-{i}.log", "ab") as log:
-                subprocess.Popen(
-                    cmd,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL,
-                    start_new_session=True,
-                )
+            _spawn_detached(cmd, self.logs / f"node-{i}.log")
             started.append(i)
         deadline = time.monotonic() + timeout
         waiting = set(range(count))

@@ -183,7 +183,6 @@ def _kill_recorded(net: Devnet) -> None:
 
 
 # Devnet.up starts detached nodes and drops their Popen handles on purpose
-@pytest.mark.filterwarnings("ignore:subprocess [0-9]+ is still running:ResourceWarning")
 def test_devnet_up_stop_node_and_down(tmp_path: Path, wallet: Wallet) -> None:
     net = Devnet(tmp_path / "devnet")
     try:

@@ -57,3 +57,8 @@ def run(
         )
         cfg.save()
         serve(cfg)
+
+
+def main() -> None:
+    """Entry point of ``medmesh-node`` (the same as ``medmesh node run``)."""
+    typer.run(run)

@@ -56,8 +56,14 @@ def repair(
         f"{report['stripes']} stripes, {report['damaged']} damaged, "
         f"{report['recreated']} shares re-created"
     )
+    if report["unplaced"]:
+        out.print(
+            f"[yellow]{len(report['unplaced'])} stripes need another node:[/] every live node "
+            "already holds one of their shares; add nodes and run repair again"
+        )
     if report["unrecoverable"]:
-        out.print(f"[red]unrecoverable stripes:[/] {report['unrecoverable']}")
+        out.print(f"[red]unrecoverable stripes (fewer than k shares left):[/] {report['unrecoverable']}")
+    if report["unplaced"] or report["unrecoverable"]:
         raise typer.Exit(1)
 
 

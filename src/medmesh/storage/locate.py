@@ -24,7 +24,12 @@ from medmesh.storage.exporter import leaf_cids
 from medmesh.storage.manifest import Manifest, decode_head, decode_manifest
 from medmesh.storage.transport import NodeClient
 
-__all__ = ["Location", "locate"]
+__all__ = ["DHT_GRACE", "DHT_TIMEOUT", "Location", "locate"]
+
+#: How long a read waits for the DHT's answer before going on with the nodes it knows.
+DHT_TIMEOUT = 3.0
+#: ... and how long once the known nodes have already answered with the object.
+DHT_GRACE = 0.3
 
 
 @dataclass
@@ -67,16 +72,14 @@ async def locate(
     nodes = {c.url: c for c in known}
     if session is None and nodes:
         session = next(iter(nodes.values())).session
-    # the DHT may know holders we were not configured with
-    for node in list(nodes.values()):
-        try:
-            urls = await node.providers(cid)
-        except MedmeshError:
-            continue
-        for url in urls:
-            if url not in nodes and session is not None:
-                nodes[url] = NodeClient(url, session)
-        break
+    # the DHT may know holders we were not configured with; ask it alongside, briefly
+    async def from_dht() -> list[str]:
+        for node in list(nodes.values()):
+            try:
+                return await asyncio.wait_for(node.providers(cid), DHT_TIMEOUT)
+            except (MedmeshError, TimeoutError):
+                continue
+        return []
 
     async def ask(node: NodeClient) -> tuple[NodeClient, dict[str, object] | None]:
         try:
@@ -89,7 +92,20 @@ async def locate(
             node.stats.alive = False
             return node, None
 
-    answers = await asyncio.gather(*(ask(n) for n in nodes.values()))
+    dht_task = asyncio.create_task(from_dht())
+    answers = list(await asyncio.gather(*(ask(n) for n in list(nodes.values()))))
+    # known nodes answered; if they hold the object, give the DHT only a moment more
+    grace = DHT_GRACE if any(info for _, info in answers) else DHT_TIMEOUT
+    try:
+        found = await asyncio.wait_for(asyncio.shield(dht_task), grace)
+    except TimeoutError:
+        found = []
+    finally:
+        dht_task.cancel()
+    extra = [NodeClient(u, session) for u in found if u not in nodes and session is not None]
+    if extra:
+        nodes.update((c.url, c) for c in extra)
+        answers = [*answers, *await asyncio.gather(*(ask(n) for n in extra))]
     by_id: dict[str, NodeClient] = {n.node_id: n for n, _ in answers if n.node_id is not None}
     votes: Counter[str] = Counter()
     per_manifest: dict[str, list[tuple[NodeClient, dict[str, object]]]] = defaultdict(list)

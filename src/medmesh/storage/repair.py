@@ -32,7 +32,8 @@ class RepairReport:
     stripes: int
     damaged: int = 0
     recreated: int = 0
-    unrecoverable: list[int] = field(default_factory=list)
+    unrecoverable: list[int] = field(default_factory=list)  # fewer than k shares left
+    unplaced: list[int] = field(default_factory=list)  # no spare node for a new share
     new_holders: list[str] = field(default_factory=list)
 
 
@@ -84,7 +85,7 @@ async def repair_location(loc: Location, *, concurrency: int = 8) -> RepairRepor
                 try:
                     target = place_stripe(salt, s, live, 1, exclude=holding)[0]
                 except StorageError:
-                    report.unrecoverable.append(s)
+                    report.unplaced.append(s)
                     return
                 node = loc.nodes[target]
                 await node.put_blocks([Block(cid, data)])
@@ -100,6 +101,7 @@ async def repair_location(loc: Location, *, concurrency: int = 8) -> RepairRepor
         await node.register(loc.cid, loc.manifest_cid)
     report.new_holders = sorted(loc.nodes[n].url for n in new_holders)
     report.unrecoverable.sort()
+    report.unplaced.sort()
     return report
 
 

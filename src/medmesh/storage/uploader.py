@@ -292,10 +292,10 @@ async def upload(
             root, manifest_cid, manifest, meta, leaf_list, live_acked, state.nodes
         )
         report = await repair_location(loc)
-        if report.unrecoverable:
+        if report.unrecoverable or report.unplaced:
             raise StorageError(
-                f"{len(report.unrecoverable)} stripes lost shares on failed nodes and "
-                "could not be re-created; the object is not stored"
+                f"{len(report.unrecoverable) + len(report.unplaced)} stripes lost shares on "
+                "failed nodes and could not be re-created elsewhere; the object is not stored"
             )
         live_acked = {
             s: {i: nids[-1] for (s2, i), nids in loc.holders.items() if s2 == s and nids}

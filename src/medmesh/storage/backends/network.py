@@ -102,6 +102,7 @@ class NetworkStore(ObjectStore):
             "damaged": report.damaged,
             "recreated": report.recreated,
             "unrecoverable": report.unrecoverable,
+            "unplaced": report.unplaced,
             "new_holders": report.new_holders,
         }
 

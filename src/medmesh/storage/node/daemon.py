@@ -64,7 +64,7 @@ async def _run(config: NodeConfig, ready: asyncio.Event | None = None) -> None:
         bootstrap=[_parse_addr(b) for b in config.bootstrap],
         held=held,
     )
-    dht_port = await dht.start()
+    dht_port = await dht.start(join=False)  # join in the background: serve HTTP now
     app = make_app(service, providers=dht.find_providers, announce=dht.provide)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()

@@ -22,7 +22,9 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Final
 
+from kademlia.crawling import ValueSpiderCrawl
 from kademlia.network import Server
+from kademlia.node import Node
 from kademlia.storage import IStorage
 from kademlia.utils import digest as kademlia_digest
 
@@ -33,6 +35,8 @@ __all__ = ["DEFAULT_TTL", "ProviderDht", "ProviderStorage", "merge_records"]
 log = logging.getLogger(__name__)
 
 DEFAULT_TTL: Final = 24 * 3600
+#: Seconds to wait for one DHT RPC; a dead peer costs at most this much per lookup step.
+DEFAULT_RPC_TIMEOUT: Final = 2.0
 MAX_PROVIDERS: Final = 40  # keeps a record inside one UDP datagram (rpcudp caps at 8 KiB)
 
 
@@ -103,6 +107,19 @@ class ProviderStorage(IStorage):  # type: ignore[misc]
         return iter([(k, v) for k, (_, v) in self.data.items()])
 
 
+class _Server(Server):  # type: ignore[misc]
+    """kademlia's server with a configurable RPC timeout (its default is 5 s per call)."""
+
+    def __init__(self, *, rpc_timeout: float, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.rpc_timeout = rpc_timeout
+
+    def _create_protocol(self) -> Any:
+        protocol = super()._create_protocol()
+        protocol._wait_timeout = self.rpc_timeout
+        return protocol
+
+
 class ProviderDht:
     """This node's membership in the DHT: announce and look up providers."""
 
@@ -116,6 +133,8 @@ class ProviderDht:
         bootstrap: Iterable[tuple[str, int]] = (),
         ttl: int = DEFAULT_TTL,
         held: Callable[[], Iterable[Cid]] | None = None,
+        rejoin_interval: float = 2.0,
+        rpc_timeout: float = DEFAULT_RPC_TIMEOUT,
     ) -> None:
         self.node_id = node_id
         self.url = url
@@ -124,17 +143,59 @@ class ProviderDht:
         self.bootstrap_addrs = list(bootstrap)
         self.ttl = ttl
         self.held = held
-        self.server = Server(storage=ProviderStorage(ttl))
+        self.rejoin_interval = rejoin_interval
+        self.lookup_timeout = 2 * rpc_timeout
+        self.server = _Server(storage=ProviderStorage(ttl), rpc_timeout=rpc_timeout)
         self._task: asyncio.Task[None] | None = None
 
-    async def start(self) -> int:
-        """Listen on UDP, join through the bootstrap nodes; returns the bound port."""
+    async def start(self, *, join: bool = True) -> int:
+        """Listen on UDP and join the network; returns the bound port.
+
+        With ``join`` the first bootstrap happens before returning (up to kademlia's 5 s
+        timeout when no peer answers). Either way the node keeps bootstrapping in the
+        background (every ``rejoin_interval`` s) while its routing table is empty, since
+        peers may start after it. The daemon passes ``join=False`` so that its HTTP side
+        is up at once.
+        """
         await self.server.listen(self.port, interface=self.host)
         self.port = int(self.server.transport.get_extra_info("sockname")[1])
-        if self.bootstrap_addrs:
+        if join and self.bootstrap_addrs:
             await self.server.bootstrap(self.bootstrap_addrs)
-        self._task = asyncio.create_task(self._republish_loop())
+        self._task = asyncio.create_task(self._maintain())
         return self.port
+
+    def neighbours(self) -> int:
+        """How many peers the routing table knows."""
+        return len(self.server.bootstrappable_neighbors())
+
+    async def _crawl(self, key: str) -> str | None:
+        """Ask the network even when we hold a record ourselves (``Server.get`` would not)."""
+        node = Node(kademlia_digest(key))
+        nearest = self.server.protocol.router.find_neighbors(node)
+        if not nearest:
+            return None
+        spider = ValueSpiderCrawl(
+            self.server.protocol, node, nearest, self.server.ksize, self.server.alpha
+        )
+        found: str | None = await spider.find()
+        return found
+
+    async def _maintain(self) -> None:
+        last_republish = time.monotonic()
+        while True:
+            if self.bootstrap_addrs and not self.neighbours():
+                try:
+                    await self.server.bootstrap(self.bootstrap_addrs)
+                except Exception:
+                    log.debug("DHT bootstrap failed; will retry", exc_info=True)
+                if self.neighbours() and self.held is not None:
+                    for cid in list(self.held()):  # announce what we hold once joined
+                        await self.provide(cid)
+            if time.monotonic() - last_republish > self.ttl / 2 and self.held is not None:
+                last_republish = time.monotonic()
+                for cid in list(self.held()):
+                    await self.provide(cid)
+            await asyncio.sleep(self.rejoin_interval if not self.neighbours() else 30)
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -144,7 +205,7 @@ class ProviderDht:
         self.server.stop()
 
     async def rejoin(self) -> None:
-        """Bootstrap again (peers started after us, or came back)."""
+        """Bootstrap again now (peers started after us, or came back)."""
         if self.bootstrap_addrs:
             await self.server.bootstrap(self.bootstrap_addrs)
 
@@ -169,7 +230,7 @@ class ProviderDht:
         key = provider_key(cid)
         local = self.server.storage.get(_digest(key))
         try:
-            remote = await self.server.get(key)
+            remote = await asyncio.wait_for(self._crawl(key), self.lookup_timeout)
         except Exception:
             log.warning("DHT lookup failed", exc_info=True)
             remote = None
@@ -184,13 +245,6 @@ class ProviderDht:
             for node_id, entry in sorted(merged.items())
         ]
 
-    async def _republish_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.ttl / 2)
-            if self.held is None:
-                continue
-            for cid in list(self.held()):
-                await self.provide(cid)
 
 
 def _digest(key: str) -> bytes:

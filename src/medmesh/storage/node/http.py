@@ -115,6 +115,7 @@ def make_app(
     guard = ReplayGuard()
     bucket = TokenBucket(cfg.rate_limit) if cfg.rate_limit else None
     trusted = service.trusted
+    background: set[asyncio.Future[object]] = set()
 
     async def run(fn: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
@@ -242,8 +243,10 @@ def make_app(
         except (ValueError, KeyError, TypeError) as exc:
             raise InvalidInputError('body must be {"object": CID, "manifest": CID}') from exc
         await run(service.register_object, obj, manifest)
-        if announce is not None:
-            await announce(obj)
+        if announce is not None:  # in the background: a slow DHT must not delay the write
+            task: asyncio.Future[object] = asyncio.ensure_future(announce(obj))
+            background.add(task)
+            task.add_done_callback(background.discard)
         return web.json_response({"object": str(obj), "manifest": str(manifest)}, status=201)
 
     async def get_object(request: web.Request) -> web.StreamResponse:
