@@ -198,7 +198,9 @@ def bench_rss(work: Path, wallet: Wallet, size: int) -> dict[str, float]:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--size-mb", type=int, default=500, help="put/get object size (MB)")
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--scale-mb", type=int, default=64, help="object size for the scaling test")
@@ -218,7 +220,9 @@ def main() -> None:
     if args.quick:
         args.size_mb, args.runs, args.scale_mb, args.rss_gb = 50, 1, 16, 0.2
     wallet = Wallet.create()
-    with tempfile.TemporaryDirectory(prefix="medmesh-bench-", dir=os.environ.get("MEDMESH_BENCH_DIR")) as tmp:
+    with tempfile.TemporaryDirectory(
+        prefix="medmesh-bench-", dir=os.environ.get("MEDMESH_BENCH_DIR")
+    ) as tmp:
         work = Path(tmp)
         console.print(f"put/get {args.size_mb} MB x{args.runs} ...")
         pg = bench_put_get(work, wallet, args.size_mb * MB, args.runs)
@@ -235,8 +239,16 @@ def main() -> None:
     ceil = pg["ceiling"]
     put_rate = size_mb / pg["put"]  # type: ignore[operator]
     get_rate = size_mb / pg["get"]  # type: ignore[operator]
-    t.add_row(f"put {size_mb:.0f} MB (median of {args.runs})", f"{pg['put']:.2f} s  ({put_rate:.0f} MB/s)", "<= 5 s")
-    t.add_row(f"get {size_mb:.0f} MB (median of {args.runs})", f"{pg['get']:.2f} s  ({get_rate:.0f} MB/s)", "<= 3 s")
+    t.add_row(
+        f"put {size_mb:.0f} MB (median of {args.runs})",
+        f"{pg['put']:.2f} s  ({put_rate:.0f} MB/s)",
+        "<= 5 s",
+    )
+    t.add_row(
+        f"get {size_mb:.0f} MB (median of {args.runs})",
+        f"{pg['get']:.2f} s  ({get_rate:.0f} MB/s)",
+        "<= 3 s",
+    )
     t.add_row("ceiling: AES-256-GCM + SHA-256, 1 process", f"{ceil:.0f} MB/s", "")
     t.add_row("put / ceiling", f"{put_rate / ceil:.2f}", ">= 0.5")  # type: ignore[operator]
     t.add_row("get / ceiling", f"{get_rate / ceil:.2f}", ">= 0.5")  # type: ignore[operator]
@@ -246,8 +258,16 @@ def main() -> None:
             f"{row['mbps']:.1f} MB/s",
             "grows",
         )
-    t.add_row(f"peak RSS put {rss['size'] / 1e9:.1f} GB", f"{rss['put_rss']:.0f} MB  ({rss['put_s']:.1f} s)", "< 300 MB")
-    t.add_row(f"peak RSS get {rss['size'] / 1e9:.1f} GB", f"{rss['get_rss']:.0f} MB  ({rss['get_s']:.1f} s)", "< 300 MB")
+    t.add_row(
+        f"peak RSS put {rss['size'] / 1e9:.1f} GB",
+        f"{rss['put_rss']:.0f} MB  ({rss['put_s']:.1f} s)",
+        "< 300 MB",
+    )
+    t.add_row(
+        f"peak RSS get {rss['size'] / 1e9:.1f} GB",
+        f"{rss['get_rss']:.0f} MB  ({rss['get_s']:.1f} s)",
+        "< 300 MB",
+    )
     console.print(t)
     if args.json:
         args.json.write_text(json.dumps({"put_get": pg, "scaling": scale, "rss": rss}, indent=2))

@@ -62,7 +62,9 @@ def repair(
             "already holds one of their shares; add nodes and run repair again"
         )
     if report["unrecoverable"]:
-        out.print(f"[red]unrecoverable stripes (fewer than k shares left):[/] {report['unrecoverable']}")
+        out.print(
+            f"[red]unrecoverable stripes (fewer than k shares left):[/] {report['unrecoverable']}"
+        )
     if report["unplaced"] or report["unrecoverable"]:
         raise typer.Exit(1)
 

@@ -12,7 +12,9 @@ last one of ``KEY``.
 
 Durability: a block is written to a temporary file in its shard folder, flushed and
 ``fsync``-ed, then renamed into place; a newly created shard folder is ``fsync``-ed in its
-parent. :meth:`Blockstore.put` returns only after all of this, so an acknowledged block
+parent. A batch of blocks (:meth:`Blockstore.put_many`) is committed as a group on Linux:
+all temporary files are written, one ``syncfs`` makes their data durable, they are
+renamed, and a second ``syncfs`` makes the names durable. :meth:`Blockstore.put` returns only after all of this, so an acknowledged block
 survives a crash or restart. Stray temporary files from a crash are removed at open.
 
 Every ``put`` checks the bytes against the CID first (:class:`BlockMismatchError`) and
@@ -24,13 +26,14 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import ctypes
 import errno
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Final, cast
 
 from medmesh.errors import InvalidInputError, NotFoundError, StorageFullError
 from medmesh.storage.cid import IDENTITY, RAW, Cid
@@ -211,6 +214,9 @@ class Blockstore:
         new_dirs: set[Path] = set()
         staged: list[tuple[Path, Path]] = []
         new_sizes: list[int] = []
+        # Group commit: one syncfs() for the batch's data and one for its names, instead of
+        # an fsync per file and per folder (half the time per 4 MiB batch, measured).
+        group = self.fsync and _syncfs is not None and len(todo) > 1
         try:
             for path, view in todo:
                 shard = path.parent
@@ -219,7 +225,9 @@ class Blockstore:
                     new_dirs.add(shard)
                 tmp = shard / f"{_TMP_PREFIX}{os.getpid()}-{threading.get_ident()}-{path.name}"
                 staged.append((tmp, path))
-                _write_file(tmp, view, self.fsync)
+                _write_file(tmp, view, self.fsync and not group)
+            if group:
+                self._syncfs()  # the data is durable before any name points to it
             # Publish under a lock so that concurrent puts of one block count it once.
             with self._publish_lock:
                 for (tmp, path), (_, view) in zip(staged, todo, strict=True):
@@ -228,7 +236,9 @@ class Blockstore:
                         continue
                     os.replace(tmp, path)
                     new_sizes.append(len(view))
-            if self.fsync:
+            if group:
+                self._syncfs()  # ... and so are the names
+            elif self.fsync:
                 for shard in {path.parent for _, path in staged}:
                     _fsync_dir(shard)
                 if new_dirs:
@@ -245,6 +255,16 @@ class Blockstore:
             self._used += sum(new_sizes)
         return len(new_sizes)
 
+    def _syncfs(self) -> None:
+        assert _syncfs is not None
+        fd = os.open(self.blocks_dir, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            if _syncfs(fd) != 0:
+                err = ctypes.get_errno()
+                raise OSError(err, os.strerror(err))
+        finally:
+            os.close(fd)
+
     def delete(self, cid: Cid) -> bool:
         """Remove a block. Returns False if it was absent."""
         path = self._path(cid)
@@ -257,6 +277,21 @@ class Blockstore:
             self._count -= 1
             self._used -= size
         return True
+
+
+def _load_syncfs() -> Callable[[int], int] | None:
+    """Linux's syncfs(2): flush one filesystem (None where the C library lacks it)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.syncfs
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int]
+    fn.restype = ctypes.c_int
+    return cast(Callable[[int], int], fn)
+
+
+_syncfs = _load_syncfs()
 
 
 def _disk_free(path: Path) -> int:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import re
 from typing import Final
 
 import blake3
@@ -42,6 +43,7 @@ BLAKE3: Final = 0x1E
 _CODEC_NAMES: Final = {RAW: "raw", DAG_PB: "dag-pb", DAG_CBOR: "dag-cbor"}
 _HASH_NAMES: Final = {SHA2_256: "sha2-256", BLAKE3: "blake3", IDENTITY: "identity"}
 _MAX_IDENTITY_DIGEST: Final = 128  # inline data larger than this is refused
+_BASE32_LOWER: Final = re.compile(r"[a-z2-7]+")
 
 
 def _varint(n: int) -> bytes:
@@ -156,6 +158,15 @@ class Cid:
             raise InvalidCidError("not a CID: empty or too long")
         if not text.isascii() or not text.isprintable():
             raise InvalidCidError("not a CID: non-printable characters")
+        if text[0] == "b" and _BASE32_LOWER.fullmatch(text, 1):
+            # fast path for the CIDv1 form medmesh prints (same result as multiformats)
+            try:
+                raw = base64.b32decode(text[1:].upper() + "=" * (-(len(text) - 1) % 8))
+                cid = cls.from_bytes(raw)
+            except (ValueError, InvalidCidError):
+                cid = None
+            if cid is not None and str(cid) == text:  # canonical, incl. padding bits
+                return cid
         try:
             mf = _MfCid.decode(text)
         except Exception as exc:  # multiformats raises ValueError, KeyError, binascii.Error

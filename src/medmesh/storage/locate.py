@@ -72,6 +72,7 @@ async def locate(
     nodes = {c.url: c for c in known}
     if session is None and nodes:
         session = next(iter(nodes.values())).session
+
     # the DHT may know holders we were not configured with; ask it alongside, briefly
     async def from_dht() -> list[str]:
         for node in list(nodes.values()):

@@ -118,7 +118,7 @@ def test_tampered_key_id_is_refused(recipient: EncryptionPrivateKey) -> None:
         lambda raw: raw[:5] + b"\x02" + raw[6:],
         lambda raw: raw[:6] + b"\x07" + raw[7:],
         lambda raw: raw[:6] + b"\x02" + raw[7:],  # x25519 body is too short for the hybrid
-        lambda raw: raw[:23 + 40],
+        lambda raw: raw[: 23 + 40],
     ],
     ids=["short", "magic", "version", "unknown_suite", "suite_mismatch", "truncated"],
 )

@@ -13,9 +13,7 @@ from medmesh.errors import InvalidInputError
 
 
 def test_hkdf_rfc5869_case_1() -> None:
-    okm = hkdf_sha256(
-        b"\x0b" * 22, salt=bytes(range(13)), info=bytes(range(0xF0, 0xFA)), length=42
-    )
+    okm = hkdf_sha256(b"\x0b" * 22, salt=bytes(range(13)), info=bytes(range(0xF0, 0xFA)), length=42)
     assert okm.hex() == (
         "3cb25f25faacd57a90434f64d0362f2a2d2d0a90cf1a5a4c5db02d56ecc4c5bf34007208d5b887185865"
     )

@@ -269,11 +269,13 @@ def test_open_segment_random_access() -> None:
     for index in range(4):
         start = segment_offset(index, SEG)
         chunk = sealed[start : start + SEG + 16]
-        assert open_segment(KEY, header, index, chunk, last=index == 3) == data[
-            index * SEG : (index + 1) * SEG
-        ]
-    assert open_segment(KEY, parse_header(header), 3, sealed[segment_offset(3, SEG) :], True) == (
-        data[3 * SEG :]
+        assert (
+            open_segment(KEY, header, index, chunk, last=index == 3)
+            == data[index * SEG : (index + 1) * SEG]
+        )
+    assert (
+        open_segment(KEY, parse_header(header), 3, sealed[segment_offset(3, SEG) :], True)
+        == (data[3 * SEG :])
     )
 
 

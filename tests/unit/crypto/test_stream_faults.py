@@ -183,8 +183,14 @@ def test_every_header_bit_flip_is_detected_before_any_output() -> None:
 
 @pytest.mark.parametrize(
     ("offset", "error"),
-    [(0, InvalidHeaderError), (6, InvalidHeaderError), (7, InvalidHeaderError),
-     (10, WrongKeyError), (12, WrongKeyError), (30, WrongKeyError)],
+    [
+        (0, InvalidHeaderError),
+        (6, InvalidHeaderError),
+        (7, InvalidHeaderError),
+        (10, WrongKeyError),
+        (12, WrongKeyError),
+        (30, WrongKeyError),
+    ],
     ids=["magic", "version", "suite", "segment_size", "nonce_prefix", "commitment"],
 )
 def test_header_field_tampering(offset: int, error: type[DecryptionError]) -> None:

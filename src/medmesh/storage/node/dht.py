@@ -246,7 +246,6 @@ class ProviderDht:
         ]
 
 
-
 def _digest(key: str) -> bytes:
     result: bytes = kademlia_digest(key)
     return result

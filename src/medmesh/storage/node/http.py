@@ -11,6 +11,7 @@ medmesh additions (writes are signed, see :mod:`medmesh.storage.auth`):
 
 - ``PUT /ipfs/{cid}``             store one block (201 new, 200 already held)
 - ``POST /blocks``                store a CAR of blocks (one signature per batch)
+- ``POST /blocks/fetch``          ``{"cids": [...]}`` -> CAR of the blocks held (reads in bulk)
 - ``DELETE /ipfs/{cid}``          drop a block
 - ``POST /objects``               ``{"object", "manifest"}``: index an object held here
 - ``GET /objects/{cid}``          manifests of an object and the shares held
@@ -44,11 +45,12 @@ from medmesh.errors import (
 )
 from medmesh.storage.auth import ReplayGuard, body_digest, verify_request
 from medmesh.storage.block import Block
-from medmesh.storage.car import write_car
+from medmesh.storage.car import encode_header, write_car
 from medmesh.storage.cid import IDENTITY, Cid
 from medmesh.storage.exporter import walk_dfs
 from medmesh.storage.node.ratelimit import TokenBucket
 from medmesh.storage.node.service import MAX_BATCH_BYTES, NodeService
+from medmesh.storage.unixfs import encode_varint
 
 __all__ = ["make_app"]
 
@@ -58,6 +60,7 @@ CAR_TYPE: Final = "application/vnd.ipld.car; version=1; order=dfs; dups=n"
 IMMUTABLE: Final = "public, max-age=29030400, immutable"
 SERVICE_KEY: Final = web.AppKey("service", NodeService)
 MAX_CAR_BYTES: Final = 256 * 1024 * 1024
+MAX_FETCH: Final = 64  # blocks per POST /blocks/fetch
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 _STATUS: Final[list[tuple[type[MedmeshError], int]]] = [
@@ -126,7 +129,9 @@ def make_app(
     async def read_body(request: web.Request, limit: int) -> bytes:
         if request.content_length is not None and request.content_length > limit:
             raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
-        body = bytearray()
+        if request.content_length is not None:
+            return await request.read()  # one buffer, sized by aiohttp (<= client_max_size)
+        body = bytearray()  # chunked upload: enforce the limit as it arrives
         async for chunk in request.content.iter_chunked(1 << 20):
             body += chunk
             if len(body) > limit:
@@ -233,6 +238,33 @@ def make_app(
         new, total = await run(service.put_car, body)
         return web.json_response({"new": new, "blocks": total}, status=201)
 
+    async def fetch_blocks(request: web.Request) -> web.StreamResponse:
+        """Many blocks in one round trip: a CAR of those held, in the order asked."""
+        body = await read_body(request, 64 * 1024)
+        try:
+            doc = json.loads(body)
+            cids = [parse_cid(c) for c in doc["cids"]]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise InvalidInputError('body must be {"cids": [CID, ...]}') from exc
+        if not 0 < len(cids) <= MAX_FETCH:
+            raise InvalidInputError(f"ask for 1 to {MAX_FETCH} blocks at a time")
+
+        def collect() -> list[Block]:
+            out = []
+            for cid in cids:
+                try:
+                    out.append(Block(cid, service.get_block(cid)))
+                except NotFoundError:
+                    continue
+            return out
+
+        blocks: list[Block] = await run(collect)
+        parts = [encode_header([cids[0]])]
+        for cid, data in blocks:
+            raw = bytes(cid)
+            parts += (encode_varint(len(raw) + len(data)), raw, data)
+        return await send_bytes(request, b"".join(parts), {"Content-Type": CAR_TYPE})
+
     # -- objects -----------------------------------------------------------------------
     async def post_objects(request: web.Request) -> web.StreamResponse:
         body = await read_body(request, 4096)
@@ -291,6 +323,7 @@ def make_app(
     app.router.add_delete("/ipfs/{cid}", delete_ipfs)
     app.router.add_route("*", "/ipfs/{cid}/{path:.*}", path_not_supported)
     app.router.add_post("/blocks", post_blocks)
+    app.router.add_post("/blocks/fetch", fetch_blocks)
     app.router.add_post("/objects", post_objects)
     app.router.add_get("/objects/{cid}", get_object)
     app.router.add_post("/challenge", post_challenge)

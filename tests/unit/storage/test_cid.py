@@ -1,0 +1,85 @@
+"""CIDs: our fast binary/base32 paths agree with the multiformats reference package."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from multiformats import CID as MfCid
+
+from medmesh.errors import BlockMismatchError, InvalidCidError
+from medmesh.storage.cid import BLAKE3, DAG_CBOR, DAG_PB, IDENTITY, PROBE_CID, RAW, SHA2_256, Cid
+
+codecs = st.sampled_from([RAW, DAG_PB, DAG_CBOR])
+hashes = st.sampled_from([SHA2_256, BLAKE3])
+
+
+@given(codecs, hashes, st.binary(min_size=32, max_size=32))
+def test_v1_text_and_bytes_match_multiformats(codec: int, hash_code: int, digest: bytes) -> None:
+    cid = Cid(1, codec, hash_code, digest)
+    ref = MfCid.decode(bytes(cid))
+    assert str(cid) == str(ref.set(base="base32"))
+    assert Cid.parse(str(cid)) == cid
+    assert Cid.parse(str(ref.set(base="base58btc"))) == cid  # other multibases go via multiformats
+    assert Cid.from_bytes(bytes(ref)) == cid
+
+
+@given(st.binary(min_size=32, max_size=32))
+def test_v0(digest: bytes) -> None:
+    cid = Cid(0, DAG_PB, SHA2_256, digest)
+    assert str(cid) == str(MfCid.decode(bytes(cid)))
+    assert Cid.parse(str(cid)) == cid
+    assert cid.to_v1().version == 1 and cid.to_v1().multihash == cid.multihash
+
+
+def test_known_vectors() -> None:
+    assert (
+        str(Cid.of(b"hello world\n"))
+        == "bafkreifjjcie6lypi6ny7amxnfftagclbuxndqonfipmb64f2km2devei4"
+    )
+    assert str(PROBE_CID) == "bafkqaaa"
+    assert Cid.parse("bafkqaaa").hash_code == IDENTITY
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "b",
+        "baaaa",
+        "not-a-cid",
+        "../../etc/passwd",
+        "bafkreifjjcie6lypi6ny7amxnfftagclbuxndqonfipmb64f2km2devei",  # truncated
+        "bafkreifjjcie6lypi6ny7amxnfftagclbuxndqonfipmb64f2km2devei5",  # bad padding bits
+        "Qm123",
+        "zzzz",
+        "b" + "a" * 600,
+        "bafkqaaa\x00",
+        "bäfk",
+    ],
+)
+def test_malformed_cids_are_refused_without_echo(text: str) -> None:
+    with pytest.raises(InvalidCidError) as info:
+        Cid.parse(text)
+    if len(text) > 3:
+        assert text not in info.value.message
+
+
+def test_verify() -> None:
+    cid = Cid.of(b"abc", hash_code=BLAKE3)
+    cid.verify(b"abc")
+    with pytest.raises(BlockMismatchError):
+        cid.verify(b"abd")
+
+
+def test_unsupported_hash_refused() -> None:
+    ref = MfCid("base32", 1, "raw", ("sha2-512", bytes(64)))
+    with pytest.raises(InvalidCidError):
+        Cid.parse(str(ref))
+
+
+def test_immutable_and_hashable() -> None:
+    a, b = Cid.of(b"x"), Cid.of(b"x")
+    assert a == b and hash(a) == hash(b) and len({a, b}) == 1
+    with pytest.raises(AttributeError):
+        a.version = 0  # type: ignore[misc]
