@@ -45,8 +45,30 @@ def _tag_hook(tag: cbor2.CBORTag, immutable: bool) -> Any:
 def decode(data: bytes) -> Any:
     """Decode DAG-CBOR; raises :class:`InvalidInputError` for anything malformed."""
     try:
-        return cbor2.loads(data, tag_hook=_tag_hook)
+        value = cbor2.loads(data, tag_hook=_tag_hook)
     except InvalidInputError:
         raise
     except Exception as exc:  # CBORDecodeError, ValueError, RecursionError, ...
         raise InvalidInputError("not valid DAG-CBOR") from exc
+    _check(value)
+    return value
+
+
+def _check(value: Any) -> None:
+    """Refuse what cbor2 decodes from tags DAG-CBOR forbids (dates, bignums, ...)."""
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if v is None or isinstance(v, bool | str | bytes | float | Cid):
+            continue
+        if isinstance(v, int):
+            if not -(2**64) <= v < 2**64:
+                raise InvalidInputError("DAG-CBOR integers are at most 64 bits")
+        elif isinstance(v, list):
+            stack.extend(v)
+        elif isinstance(v, dict):
+            if not all(isinstance(k, str) for k in v):
+                raise InvalidInputError("DAG-CBOR map keys must be strings")
+            stack.extend(v.values())
+        else:
+            raise InvalidInputError("DAG-CBOR allows no CBOR tag but 42 (CID)")

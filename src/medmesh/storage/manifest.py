@@ -14,7 +14,7 @@ The manifest is a small tree of DAG-CBOR blocks::
            "object": CID, "size": <ciphertext bytes>,
            "chunk_size": 262144, "max_links": 174,
            "erasure": {"scheme": "zfec", "k": 3, "n": 5},
-           "proof_segment": 16384,
+           "proof_segment": 65536,
            "dag": [CID, ...],          interior nodes of the file DAG (replicated)
            "stripes": <count>,
            "tables": [CID, ...]}       stripe tables of up to TABLE_STRIPES stripes each

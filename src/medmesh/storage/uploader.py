@@ -66,7 +66,7 @@ class StoreParams:
     group_stripes: int = 8
     batch_bytes: int = 4 * 1024 * 1024
     per_node_inflight: int = 2
-    max_inflight: int = 96 * 1024 * 1024
+    max_inflight: int = 64 * 1024 * 1024
     workers: int = max(2, os.cpu_count() or 2)
 
     @property
