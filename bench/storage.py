@@ -151,6 +151,15 @@ def bench_scaling(work: Path, wallet: Wallet, size: int, cap: int) -> list[dict[
     return rows
 
 
+def peak_rss_mb() -> float:
+    """This process's peak RSS (VmHWM). Not ru_maxrss: Linux carries that over from the
+    parent across fork+exec, so a child would report the benchmark driver's peak."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def rss_child(args: argparse.Namespace) -> None:
     """Run one put or get in this process and print its peak RSS (MB) as JSON."""
     wallet = load_wallet(args.wallet, "bench")
@@ -163,7 +172,7 @@ def rss_child(args: argparse.Namespace) -> None:
         c.get(args.cid, args.file)
         result = {}
     result["seconds"] = time.perf_counter() - start
-    result["rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result["rss_mb"] = peak_rss_mb()
     print(json.dumps(result))
 
 

@@ -208,8 +208,8 @@ class Client:
             if progress is not None:
                 progress(written)
             if tmp is not None and path is not None:
-                sink.flush()
-                os.fsync(sink.fileno())
+                # No fsync: like other download tools we leave flushing to the OS (the record
+                # stays in the network); the rename makes the file appear only when complete.
                 sink.close()
                 os.replace(tmp, path)
             ok = True

@@ -44,7 +44,7 @@ class _Batcher:
     paid once per batch instead of once per 256 KiB block.
     """
 
-    def __init__(self, node: NodeClient, max_batch: int = 16, max_inflight: int = 2) -> None:
+    def __init__(self, node: NodeClient, max_batch: int = 32, max_inflight: int = 2) -> None:
         self.node = node
         self.max_batch = max_batch
         self.max_inflight = max_inflight
