@@ -94,12 +94,19 @@ def bench_put_get(work: Path, wallet: Wallet, size: int, runs: int) -> dict[str,
     try:
         c = client(net, wallet, StoreParams())
         puts, gets, cid = [], [], None
+        cpu = {"put_client": 0.0, "put_nodes": 0.0, "get_client": 0.0, "get_nodes": 0.0}
         for i in range(runs):
+            c0, n0 = own_cpu(), nodes_cpu(net)
             t, res = timed(c.put, src)
+            cpu["put_client"] += own_cpu() - c0
+            cpu["put_nodes"] += nodes_cpu(net) - n0
             puts.append(t)
             cid = res.cid
             out = work / f"out-{i}.bin"
+            c0, n0 = own_cpu(), nodes_cpu(net)
             t, _ = timed(c.get, cid, out)
+            cpu["get_client"] += own_cpu() - c0
+            cpu["get_nodes"] += nodes_cpu(net) - n0
             gets.append(t)
             if i == 0:
                 assert _same(src, out), "round trip mismatch"
@@ -111,10 +118,27 @@ def bench_put_get(work: Path, wallet: Wallet, size: int, runs: int) -> dict[str,
             "puts": puts,
             "gets": gets,
             "ceiling": ceiling(src),
+            "cpu": {k: v / runs for k, v in cpu.items()},
         }
     finally:
         net.down()
         src.unlink(missing_ok=True)
+
+
+def own_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def nodes_cpu(net: Devnet) -> float:
+    """CPU seconds used so far by the devnet's node processes."""
+    total = 0.0
+    for st in net.status():
+        if st.pid is None:
+            continue
+        fields = Path(f"/proc/{st.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 def _same(a: Path, b: Path) -> bool:
@@ -259,6 +283,17 @@ def main() -> None:
         "<= 3 s",
     )
     t.add_row("ceiling: AES-256-GCM + SHA-256, 1 process", f"{ceil:.0f} MB/s", "")
+    cpu = pg["cpu"]
+    t.add_row(
+        "CPU s per put: client + nodes",
+        f"{cpu['put_client']:.2f} + {cpu['put_nodes']:.2f}",  # type: ignore[index]
+        "",
+    )
+    t.add_row(
+        "CPU s per get: client + nodes",
+        f"{cpu['get_client']:.2f} + {cpu['get_nodes']:.2f}",  # type: ignore[index]
+        "",
+    )
     t.add_row("put / ceiling", f"{put_rate / ceil:.2f}", ">= 0.5")  # type: ignore[operator]
     t.add_row("get / ceiling", f"{get_rate / ceil:.2f}", ">= 0.5")  # type: ignore[operator]
     for row in scale:
