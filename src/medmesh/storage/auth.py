@@ -14,13 +14,16 @@ secp256k1 wallet key (EIP-191 ``personal_sign``), this canonical message::
 and sends it in headers ``X-Medmesh-Signer``, ``X-Medmesh-Timestamp``,
 ``X-Medmesh-Nonce``, ``X-Medmesh-Signature``. The node recovers the signer, checks it is
 trusted, that the timestamp is within ``max_skew`` seconds of its clock and that the nonce
-was not seen within that window (:class:`ReplayGuard`). BLAKE3 is used for the body digest
+was not seen within that window (:class:`ReplayGuard`, persisted in the node's data folder so a
+restart does not reopen the window). BLAKE3 is used for the body digest
 because nodes hash every upload anyway and BLAKE3 costs ~0.2 ms per MiB.
 """
 
 from __future__ import annotations
 
+import os
 import secrets
+import sqlite3
 import threading
 import time
 from collections import OrderedDict
@@ -106,13 +109,34 @@ def sign_request(
 
 
 class ReplayGuard:
-    """Remembers nonces for the skew window; refuses a nonce seen twice."""
+    """Remembers nonces for the skew window; refuses a nonce seen twice.
 
-    def __init__(self, max_skew: int = MAX_SKEW, max_entries: int = 1_000_000) -> None:
+    With ``path`` the nonces are also kept in a small SQLite file, so a request cannot be
+    replayed at a node that restarted within the window.
+    """
+
+    def __init__(
+        self,
+        max_skew: int = MAX_SKEW,
+        max_entries: int = 1_000_000,
+        path: str | os.PathLike[str] | None = None,
+    ) -> None:
         self.max_skew = max_skew
         self.max_entries = max_entries
         self._seen: OrderedDict[str, float] = OrderedDict()
         self._lock = threading.Lock()
+        self._db: sqlite3.Connection | None = None
+        if path is not None:
+            self._db = sqlite3.connect(path, check_same_thread=False)
+            with self._db:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute(
+                    "CREATE TABLE IF NOT EXISTS nonces (nonce TEXT PRIMARY KEY, seen REAL NOT NULL)"
+                )
+                horizon = time.time() - 2 * max_skew
+                self._db.execute("DELETE FROM nonces WHERE seen < ?", (horizon,))
+                rows = self._db.execute("SELECT nonce, seen FROM nonces ORDER BY seen").fetchall()
+            self._seen.update(rows)
 
     def check(self, nonce: str, timestamp: int, now: float | None = None) -> None:
         now = time.time() if now is None else now
@@ -120,14 +144,26 @@ class ReplayGuard:
             raise ReplayError("request timestamp outside the accepted window")
         with self._lock:
             horizon = now - 2 * self.max_skew
+            expired = 0
             while self._seen:
                 oldest_nonce, seen_at = next(iter(self._seen.items()))
                 if seen_at >= horizon and len(self._seen) < self.max_entries:
                     break
                 del self._seen[oldest_nonce]
+                expired += 1
             if nonce in self._seen:
                 raise ReplayError("request nonce was already used")
             self._seen[nonce] = now
+            if self._db is not None:
+                with self._db:
+                    self._db.execute("INSERT OR IGNORE INTO nonces VALUES (?, ?)", (nonce, now))
+                    if expired:
+                        self._db.execute("DELETE FROM nonces WHERE seen < ?", (horizon,))
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
 
 
 def verify_request(

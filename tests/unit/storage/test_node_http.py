@@ -417,6 +417,37 @@ def test_put_signed_for_another_node_is_401(service: NodeService, wallet: Wallet
     assert not service.store.has(cid)
 
 
+def test_replay_after_a_node_restart_is_refused(
+    tmp_path: Path, service: NodeService, wallet: Wallet
+) -> None:
+    # Prepare: a signed PUT accepted by the node, which then restarts (a fresh app and service
+    # on the same data folder); the block is dropped so that an accepted replay would show
+    data = b"replay me after a restart"
+    cid = Cid.of(data)
+    target = f"/ipfs/{cid}"
+    headers = signed(wallet, service, "PUT", target, data)
+
+    async def first_life() -> Response:
+        async with serving(service) as client:
+            return await call(client, "PUT", target, body=data, headers=headers)
+
+    assert asyncio.run(first_life())[0] == 201
+    service.delete_block(cid)
+    service.close()
+    reborn = NodeService(_config(tmp_path, wallet))
+    try:
+
+        async def second_life() -> Response:
+            async with serving(reborn) as client:
+                return await call(client, "PUT", target, body=data, headers=headers)
+
+        replay = asyncio.run(second_life())
+        assert replay[0] == 401 and error_of(replay) == "replay"
+        assert not reborn.store.has(cid)
+    finally:
+        reborn.close()
+
+
 def test_replayed_put_is_401(service: NodeService, wallet: Wallet) -> None:
     # Prepare: one signed request, sent twice; the block is dropped in between so that an
     # accepted replay would be visible as a stored block

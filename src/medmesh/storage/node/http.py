@@ -43,7 +43,7 @@ from medmesh.errors import (
     StorageFullError,
     UntrustedSignerError,
 )
-from medmesh.storage.auth import ReplayGuard, body_digest, verify_request
+from medmesh.storage.auth import body_digest, verify_request
 from medmesh.storage.block import Block
 from medmesh.storage.car import encode_header, write_car
 from medmesh.storage.cid import IDENTITY, Cid
@@ -115,7 +115,7 @@ def make_app(
     record after an object is indexed (both from the DHT; absent in unit tests).
     """
     cfg = service.config
-    guard = ReplayGuard()
+    guard = service.replay_guard
     bucket = TokenBucket(cfg.rate_limit) if cfg.rate_limit else None
     trusted = service.trusted
     background: set[asyncio.Future[object]] = set()

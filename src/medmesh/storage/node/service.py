@@ -22,6 +22,7 @@ from eth_account import Account
 from eth_account.signers.local import LocalAccount
 
 from medmesh.errors import InvalidInputError, NotFoundError
+from medmesh.storage.auth import ReplayGuard
 from medmesh.storage.blockstore import Blockstore
 from medmesh.storage.car import read_car
 from medmesh.storage.cid import Cid
@@ -86,6 +87,8 @@ class NodeService:
                 " PRIMARY KEY (object, manifest))"
             )
         self.trusted = frozenset(config.trusted)
+        #: nonces of signed requests, kept on disk so a restart does not allow replays
+        self.replay_guard = ReplayGuard(path=data / "nonces.db")
         self._manifests: OrderedDict[Cid, Manifest] = OrderedDict()
         self._cache_lock = threading.Lock()
 
@@ -97,6 +100,7 @@ class NodeService:
     def close(self) -> None:
         with self._db_lock:
             self._db.close()
+        self.replay_guard.close()
 
     # -- blocks ------------------------------------------------------------------------
     def get_block(self, cid: Cid) -> bytes:
