@@ -6,7 +6,7 @@ import getpass
 import json
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, NoReturn
@@ -17,6 +17,7 @@ from rich.progress import (
     BarColumn,
     DownloadColumn,
     Progress,
+    TaskID,
     TimeRemainingColumn,
     TransferSpeedColumn,
 )
@@ -110,22 +111,47 @@ def open_client(home: Home, *, k: int | None = None, n: int | None = None) -> Cl
     return Client(store, wallet)
 
 
+class Transfer:
+    """A progress bar for a transfer whose size may be learnt late (``get`` learns it from
+    the manifest). The bar appears only for transfers over a few MB, and on stderr, so
+    ``--json`` output stays clean."""
+
+    def __init__(self, label: str, enabled: bool) -> None:
+        self.label = label
+        self.enabled = enabled
+        self.bar: Progress | None = None
+        self.task: TaskID | None = None
+
+    def size(self, total: int) -> None:
+        if not self.enabled or total < PROGRESS_THRESHOLD or self.bar is not None:
+            return
+        self.bar = Progress(
+            "[progress.description]{task.description}",
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            transient=True,
+        )
+        self.bar.start()
+        self.task = self.bar.add_task(self.label, total=total)
+
+    def advance(self, done: int) -> None:
+        if self.bar is not None and self.task is not None:
+            self.bar.update(self.task, completed=done)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
 @contextmanager
-def transfer_bar(
-    label: str, total: int | None, enabled: bool
-) -> Iterator[Callable[[int], None] | None]:
-    """A rich progress bar for transfers over a few MB (stderr, so --json stays clean)."""
-    if not enabled or (total is not None and total < PROGRESS_THRESHOLD):
-        yield None
-        return
-    with Progress(
-        "[progress.description]{task.description}",
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        transient=True,
-    ) as bar:
-        task = bar.add_task(label, total=total)
-        yield lambda done: bar.update(task, completed=done)
+def transfer(label: str, enabled: bool, total: int | None = None) -> Iterator[Transfer]:
+    t = Transfer(label, enabled)
+    if total is not None:
+        t.size(total)
+    try:
+        yield t
+    finally:
+        t.close()

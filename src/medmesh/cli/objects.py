@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from medmesh.cli.common import console, errors, open_client, print_json, state, transfer_bar
+from medmesh.cli.common import console, errors, open_client, print_json, state, transfer
 
 
 def put(
@@ -31,8 +31,8 @@ def put(
     with errors():
         client = open_client(state(ctx).home, k=k, n=n)
         size = os.path.getsize(file)
-        with transfer_bar(f"put {file.name}", size, not json_out) as bar:
-            result = client.put(file, progress=bar)
+        with transfer(f"put {file.name}", not json_out, size) as bar:
+            result = client.put(file, progress=bar.advance)
     if json_out:
         print_json(result.to_json())
     else:
@@ -58,9 +58,8 @@ def get(
             console.print(f"[bold red]error:[/] {output} exists (use --force to overwrite)")
             raise typer.Exit(1)
         client = open_client(state(ctx).home)
-        total = client.sealed_size(cid) if not json_out else None
-        with transfer_bar(f"get {cid[:16]}…", total, not json_out) as bar:
-            result = client.get(cid, output, progress=bar)
+        with transfer(f"get {cid[:16]}…", not json_out) as bar:
+            result = client.get(cid, output, progress=bar.advance, on_size=bar.size)
     if json_out:
         print_json(result.to_json())
     else:

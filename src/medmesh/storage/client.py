@@ -26,7 +26,7 @@ from typing import IO, Any, TypeVar
 from medmesh.crypto.envelope import RecordOpener, RecordSealer
 from medmesh.crypto.keys import EncryptionPublicKey
 from medmesh.identity.wallet import Wallet
-from medmesh.storage.backends.base import ObjectStore, Progress, VerifyReport
+from medmesh.storage.backends.base import ObjectStore, Progress, SizeHook, VerifyReport
 from medmesh.storage.cid import Cid
 
 __all__ = ["Client", "GetResult", "PutResult"]
@@ -156,6 +156,7 @@ class Client:
         out: str | os.PathLike[str] | IO[bytes],
         *,
         progress: Progress | None = None,
+        on_size: SizeHook | None = None,
     ) -> GetResult:
         """Fetch ``cid``, verify and open it into ``out`` (a path or a binary file).
 
@@ -189,7 +190,7 @@ class Client:
             return n
 
         try:
-            async for piece in self.store.get(cid):
+            async for piece in self.store.get(cid, on_size=on_size):
                 batch.append(piece)
                 batch_len += len(piece)
                 if batch_len >= READ_SIZE:
@@ -250,10 +251,6 @@ class Client:
     def verify(self, cid: Cid | str) -> VerifyReport:
         c = Cid.parse(cid) if isinstance(cid, str) else cid
         return asyncio.run(self._closing(self.store.verify(c)))
-
-    def sealed_size(self, cid: Cid | str) -> int | None:
-        c = Cid.parse(cid) if isinstance(cid, str) else cid
-        return asyncio.run(self._closing(self.store.size(c)))
 
     async def _closing(self, coro: Coroutine[Any, Any, T]) -> T:
         try:

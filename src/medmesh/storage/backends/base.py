@@ -14,10 +14,12 @@ from typing import Any
 
 from medmesh.storage.cid import Cid
 
-__all__ = ["ObjectStore", "Progress", "StoredObject", "VerifyReport"]
+__all__ = ["ObjectStore", "Progress", "SizeHook", "StoredObject", "VerifyReport"]
 
 #: Called with the number of ciphertext bytes done so far.
 Progress = Callable[[int], None]
+#: Called once with an object's total size.
+SizeHook = Callable[[int], None]
 
 
 @dataclass(frozen=True)
@@ -68,8 +70,11 @@ class ObjectStore(ABC):
         """
 
     @abstractmethod
-    def get(self, cid: Cid) -> AsyncIterator[bytes]:
+    def get(self, cid: Cid, *, on_size: SizeHook | None = None) -> AsyncIterator[bytes]:
         """Yield the object's bytes in order; every block is verified before it is yielded.
+
+        ``on_size`` is called with the object's size as soon as the store knows it (before
+        the first byte where possible), for progress bars.
 
         Raises :class:`medmesh.errors.NotFoundError` if no holder knows ``cid`` and
         :class:`medmesh.errors.InsufficientSharesError` if it cannot be rebuilt.

@@ -28,7 +28,7 @@ from typing import Any, BinaryIO, cast
 import aiohttp
 
 from medmesh.errors import BlockMismatchError, IntegrityError, NodeUnavailableError, NotFoundError
-from medmesh.storage.backends.base import ObjectStore, Progress, StoredObject
+from medmesh.storage.backends.base import ObjectStore, Progress, SizeHook, StoredObject
 from medmesh.storage.block import Block
 from medmesh.storage.car import read_car, write_car
 from medmesh.storage.cid import DAG_PB, IDENTITY, Cid
@@ -117,7 +117,7 @@ class KuboStore(ObjectStore):
             tmp.close()
             os.unlink(tmp.name)
 
-    async def get(self, cid: Cid) -> AsyncIterator[bytes]:
+    async def get(self, cid: Cid, *, on_size: SizeHook | None = None) -> AsyncIterator[bytes]:
         loop = asyncio.get_running_loop()
         tmp = tempfile.NamedTemporaryFile(prefix="medmesh-", suffix=".car", delete=False)  # noqa: SIM115
         try:

@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator, Iterable
 
 from medmesh.errors import NotFoundError
-from medmesh.storage.backends.base import ObjectStore, Progress, StoredObject
+from medmesh.storage.backends.base import ObjectStore, Progress, SizeHook, StoredObject
 from medmesh.storage.cid import Cid
 from medmesh.storage.exporter import export_file
 from medmesh.storage.importer import ImportParams, import_chunks
@@ -45,9 +45,11 @@ class MemoryStore(ObjectStore):
         except KeyError:
             raise NotFoundError(f"block {cid} not found") from None
 
-    async def get(self, cid: Cid) -> AsyncIterator[bytes]:
+    async def get(self, cid: Cid, *, on_size: SizeHook | None = None) -> AsyncIterator[bytes]:
         if cid not in self.roots and cid not in self.blocks:
             raise NotFoundError(f"object {cid} not found")
+        if on_size is not None and cid in self.roots:
+            on_size(self.roots[cid])
         for piece in export_file(cid, self._get):
             yield piece
 

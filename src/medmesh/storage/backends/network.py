@@ -14,7 +14,13 @@ from typing import Any
 
 from medmesh.errors import MedmeshError
 from medmesh.storage.auth import RequestSigner
-from medmesh.storage.backends.base import ObjectStore, Progress, StoredObject, VerifyReport
+from medmesh.storage.backends.base import (
+    ObjectStore,
+    Progress,
+    SizeHook,
+    StoredObject,
+    VerifyReport,
+)
 from medmesh.storage.cid import Cid
 from medmesh.storage.downloader import stream_leaves
 from medmesh.storage.fetcher import StripeFetcher
@@ -80,8 +86,10 @@ class NetworkStore(ObjectStore):
     async def size(self, cid: Cid) -> int | None:
         return (await self.locate(cid)).manifest.size
 
-    async def get(self, cid: Cid) -> AsyncIterator[bytes]:
+    async def get(self, cid: Cid, *, on_size: SizeHook | None = None) -> AsyncIterator[bytes]:
         loc = await self.locate(cid)
+        if on_size is not None:
+            on_size(loc.manifest.size)
         fetcher = StripeFetcher(loc)
         try:
             async for leaf in stream_leaves(loc, fetcher=fetcher):
