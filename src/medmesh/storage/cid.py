@@ -20,7 +20,8 @@ from typing import Final
 import blake3
 from multiformats import CID as _MfCid
 
-from medmesh.errors import BlockMismatchError, InvalidCidError
+from medmesh.errors import BlockMismatchError, InvalidCidError, InvalidInputError
+from medmesh.storage.varint import encode_varint, read_varint
 
 __all__ = [
     "BLAKE3",
@@ -46,27 +47,11 @@ _MAX_IDENTITY_DIGEST: Final = 128  # inline data larger than this is refused
 _BASE32_LOWER: Final = re.compile(r"[a-z2-7]+")
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)
-
-
 def _read_varint(buf: bytes, pos: int) -> tuple[int, int]:
-    value = shift = 0
-    for i in range(pos, min(len(buf), pos + 9)):
-        b = buf[i]
-        value |= (b & 0x7F) << shift
-        if not b & 0x80:
-            return value, i + 1
-        shift += 7
-    raise InvalidCidError("CID has a truncated or oversized varint")
+    try:
+        return read_varint(buf, pos, "CID")
+    except InvalidInputError as exc:
+        raise InvalidCidError("CID has a truncated or oversized varint") from exc
 
 
 def hash_digest(hash_code: int, data: bytes | bytearray | memoryview) -> bytes:
@@ -113,8 +98,8 @@ class Cid:
         object.__setattr__(self, "codec", codec)
         object.__setattr__(self, "hash_code", hash_code)
         object.__setattr__(self, "digest", digest)
-        mh = _varint(hash_code) + _varint(len(digest)) + digest
-        raw = mh if version == 0 else b"\x01" + _varint(codec) + mh
+        mh = encode_varint(hash_code) + encode_varint(len(digest)) + digest
+        raw = mh if version == 0 else b"\x01" + encode_varint(codec) + mh
         object.__setattr__(self, "_bytes", raw)
 
     def __setattr__(self, name: str, value: object) -> None:
@@ -192,7 +177,7 @@ class Cid:
 
     @property
     def multihash(self) -> bytes:
-        return _varint(self.hash_code) + _varint(len(self.digest)) + self.digest
+        return encode_varint(self.hash_code) + encode_varint(len(self.digest)) + self.digest
 
     def to_v1(self) -> Cid:
         return self if self.version == 1 else Cid(1, self.codec, self.hash_code, self.digest)

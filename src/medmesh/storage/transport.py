@@ -32,7 +32,7 @@ from medmesh.storage.block import Block
 from medmesh.storage.car import encode_header, read_car
 from medmesh.storage.cid import Cid
 from medmesh.storage.merkle import MerkleProof
-from medmesh.storage.unixfs import encode_varint
+from medmesh.storage.varint import encode_varint
 
 __all__ = ["NodeClient", "NodeStats", "open_session"]
 

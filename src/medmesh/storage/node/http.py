@@ -50,7 +50,7 @@ from medmesh.storage.cid import IDENTITY, Cid
 from medmesh.storage.exporter import walk_dfs
 from medmesh.storage.node.ratelimit import TokenBucket
 from medmesh.storage.node.service import MAX_BATCH_BYTES, NodeService
-from medmesh.storage.unixfs import encode_varint
+from medmesh.storage.varint import encode_varint
 
 __all__ = ["make_app"]
 
