@@ -15,14 +15,10 @@ from medmesh.storage.erasure import ErasureParams, encode_parity, pad_stripe
 from medmesh.storage.manifest import Stripe
 from medmesh.storage.merkle import merkle_root
 
-__all__ = ["EncodedStripe", "encode_stripe_group", "virtual_root"]
+__all__ = ["VIRTUAL_ROOT", "EncodedStripe", "encode_stripe_group"]
 
 #: Merkle root recorded for a virtual (never stored, all-zero) share.
 VIRTUAL_ROOT: Final = bytes(32)
-
-
-def virtual_root() -> bytes:
-    return VIRTUAL_ROOT
 
 
 @dataclass(frozen=True)

@@ -97,11 +97,3 @@ def serve(config: NodeConfig) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     config.data_path.mkdir(parents=True, exist_ok=True)
     asyncio.run(_run(config))
-
-
-def read_url(data: Path) -> str | None:
-    """The URL a running node in ``data`` listens on, if any."""
-    try:
-        return (data / "node.url").read_text().strip() or None
-    except FileNotFoundError:
-        return None

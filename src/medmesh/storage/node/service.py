@@ -7,7 +7,6 @@ node holds (SQLite, in the data folder), and answers storage challenges. The HTT
 
 from __future__ import annotations
 
-import contextlib
 import io
 import os
 import sqlite3
@@ -216,10 +215,3 @@ class NodeService:
             "quota": st.quota,
             "disk_free": st.disk_free,
         }
-
-
-def remove_stale_files(data: Path) -> None:
-    """Remove a pid/port file left by a crashed daemon."""
-    for name in ("node.pid",):
-        with contextlib.suppress(FileNotFoundError):
-            (data / name).unlink()
