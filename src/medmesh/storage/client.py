@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import io
 import os
-import threading
 from collections.abc import Callable, Coroutine, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -119,17 +118,16 @@ class Client:
         recipients: Sequence[EncryptionPublicKey] = (),
         progress: Progress | None = None,
     ) -> PutResult:
-        """Seal ``source`` for the wallet (and ``recipients``) and store it."""
+        """Seal ``source`` for the wallet (and ``recipients``) and store it.
+
+        ``progress`` is called with the sealed bytes the store has acknowledged so far.
+        """
         keys = [self.wallet.encryption_public_key, *recipients]
         sealer = RecordSealer(keys)
         done = [0]
-        lock = threading.Lock()
 
         def count(n: int) -> None:
-            with lock:
-                done[0] += n
-            if progress is not None:
-                progress(done[0])
+            done[0] += n  # only the reader thread counts
 
         plain, close = _chunks(source, count)
         sealed = [0]
@@ -145,7 +143,7 @@ class Client:
             yield out
 
         try:
-            stored = await self.store.put(pieces())
+            stored = await self.store.put(pieces(), progress=progress)
         finally:
             close()
         return PutResult(stored.cid, done[0], stored.size, stored.manifest, dict(stored.details))

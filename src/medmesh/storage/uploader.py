@@ -159,6 +159,8 @@ class _State:
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     sems: dict[str, asyncio.Semaphore] = field(default_factory=dict)
     error: BaseException | None = None
+    progress: Progress | None = None
+    stored: int = 0  # bytes of the object (data shares) acknowledged so far
 
     def live(self) -> list[str]:
         return [nid for nid in self.nodes if nid not in self.dead]
@@ -178,6 +180,7 @@ async def upload(
         nodes={c.node_id: c for c in clients if c.node_id is not None},
         params=params,
         salt=os.urandom(16),
+        progress=progress,
     )
     if len(state.nodes) < params.n:
         raise StorageError(
@@ -249,8 +252,6 @@ async def upload(
                 stripes.append(_light(st))
                 if state.error is not None:
                     raise state.error
-            if progress is not None:
-                progress(total)
         await _flush_all(state, budget)
         if state.error is not None:
             raise state.error
@@ -367,7 +368,11 @@ async def _upload_batch(state: _State, nid: str, items: list[_Pending], budget: 
         return
     for it in items:
         state.acked[it.stripe][it.share] = nid
+        if it.share < state.params.k:
+            state.stored += len(it.block.data)
     budget.release(sum(len(it.block.data) for it in items))
+    if state.progress is not None:
+        state.progress(state.stored)
 
 
 def _reassign(state: _State, items: list[_Pending], budget: _Budget) -> None:

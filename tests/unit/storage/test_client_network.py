@@ -253,3 +253,10 @@ def test_restarted_node_keeps_acknowledged_shares(tmp_path: Path, wallet: Wallet
         assert out.read_bytes() == data
     finally:
         cluster.close()
+
+
+def test_put_progress_counts_acknowledged_bytes(cluster: LocalCluster, wallet: Wallet) -> None:
+    seen: list[int] = []
+    put = client_for(cluster, wallet).put(random_bytes(8 * LEAF, seed=14), progress=seen.append)
+    assert seen == sorted(seen) and len(seen) > 1
+    assert seen[-1] == put.sealed_size  # every data share acknowledged, nothing counted twice
