@@ -24,9 +24,8 @@ make the reader allocate gigabytes. CARv2 files are recognised and refused with 
 
 from __future__ import annotations
 
-import io
 from collections.abc import Iterable, Iterator, Sequence
-from typing import BinaryIO, Final
+from typing import BinaryIO, Final, cast
 
 from medmesh.errors import InvalidCidError, InvalidInputError
 from medmesh.storage import dagcbor
@@ -92,16 +91,23 @@ def export_car(root: Cid, get_block: BlockGetter, out: BinaryIO) -> int:
 
 
 def car_bytes(roots: Sequence[Cid], blocks: Iterable[Block]) -> bytes:
-    """A whole CARv1 file in memory (for small DAGs and tests).
+    """A whole CARv1 file in memory (upload batches, bulk reads, small DAGs).
 
     >>> from medmesh.storage.importer import make_leaf
     >>> leaf = make_leaf(b"")
     >>> len(car_bytes([leaf.cid], [leaf]))
     96
     """
-    buf = io.BytesIO()
-    write_car(roots, blocks, buf)
-    return buf.getvalue()
+    parts: list[bytes] = []
+    write_car(roots, blocks, cast(BinaryIO, _Parts(parts)))
+    return b"".join(parts)  # one copy of the block bytes, not two as through BytesIO
+
+
+class _Parts:
+    """A write-only sink collecting the pieces :func:`write_car` writes."""
+
+    def __init__(self, parts: list[bytes]) -> None:
+        self.write = parts.append
 
 
 # -- reading ---------------------------------------------------------------------------------

@@ -119,8 +119,6 @@ class StripeFetcher:
                 node = self.loc.nodes.get(nid)
                 if node is None or not node.stats.alive or (i, nid) in tried:
                     continue
-                if node.url in self.bad_nodes and (i, nid) in tried:
-                    continue
                 cost = node.stats.eta(size) + (PARITY_PENALTY if i >= self.loc.manifest.k else 0)
                 out.append((cost, i, nid))
         out.sort()

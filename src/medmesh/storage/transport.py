@@ -29,10 +29,9 @@ from medmesh.errors import (
 )
 from medmesh.storage.auth import RequestSigner, body_digest, sign_request
 from medmesh.storage.block import Block
-from medmesh.storage.car import encode_header, read_car
+from medmesh.storage.car import car_bytes, read_car
 from medmesh.storage.cid import Cid
 from medmesh.storage.merkle import MerkleProof
-from medmesh.storage.varint import encode_varint
 
 __all__ = ["NodeClient", "NodeStats", "open_session"]
 
@@ -212,11 +211,7 @@ class NodeClient:
         blocks = list(blocks)
         if not blocks:
             return 0
-        parts = [encode_header([blocks[0].cid])]
-        for cid, data in blocks:
-            raw = bytes(cid)
-            parts += (encode_varint(len(raw) + len(data)), raw, data)
-        body = b"".join(parts)
+        body = car_bytes([blocks[0].cid], blocks)
         _, answer = await self._request(
             "POST",
             "/blocks",

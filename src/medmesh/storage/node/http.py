@@ -26,7 +26,6 @@ echo request bodies.
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
@@ -45,12 +44,11 @@ from medmesh.errors import (
 )
 from medmesh.storage.auth import body_digest, verify_request
 from medmesh.storage.block import Block
-from medmesh.storage.car import encode_header, write_car
+from medmesh.storage.car import car_bytes
 from medmesh.storage.cid import IDENTITY, Cid
 from medmesh.storage.exporter import walk_dfs
 from medmesh.storage.node.ratelimit import TokenBucket
 from medmesh.storage.node.service import MAX_BATCH_BYTES, NodeService
-from medmesh.storage.varint import encode_varint
 
 __all__ = ["make_app"]
 
@@ -213,10 +211,9 @@ def make_app(
             raise InvalidInputError(
                 "DAG too large for one CAR response; fetch blocks with format=raw"
             )
-        out = io.BytesIO()
-        write_car([cid], (Block(c, d) for c, d in blocks), out)
+        body = car_bytes([cid], (Block(c, d) for c, d in blocks))
         headers = {**common, "Content-Type": CAR_TYPE, "ETag": f'"{cid}.car.{scope}"'}
-        return await send_bytes(request, out.getvalue(), headers)
+        return await send_bytes(request, body, headers)
 
     async def put_ipfs(request: web.Request) -> web.StreamResponse:
         cid = parse_cid(request.match_info["cid"])
@@ -259,11 +256,7 @@ def make_app(
             return out
 
         blocks: list[Block] = await run(collect)
-        parts = [encode_header([cids[0]])]
-        for cid, data in blocks:
-            raw = bytes(cid)
-            parts += (encode_varint(len(raw) + len(data)), raw, data)
-        return await send_bytes(request, b"".join(parts), {"Content-Type": CAR_TYPE})
+        return await send_bytes(request, car_bytes([cids[0]], blocks), {"Content-Type": CAR_TYPE})
 
     # -- objects -----------------------------------------------------------------------
     async def post_objects(request: web.Request) -> web.StreamResponse:
