@@ -5,12 +5,19 @@
     config.json        client settings (below); unknown keys are refused
     wallet.json        the wallet: an Ethereum keystore v3 plus medmesh encryption keys
     devnet/            the local network: devnet.json, node-0/, node-1/, ... and logs/
+    chain/             the embedded local chain (Anvil state, snapshots, logs)
+    addresses.json     where the medmesh contracts live on the configured chain
+    index.db           the ledger indexer's SQLite database (unless indexer_url is set)
 
 ``config.json``::
 
     {"backend": "medmesh",          or "kubo+http://127.0.0.1:5001"
      "nodes": ["http://127.0.0.1:7601", ...],   storage nodes (the devnet adds its own)
-     "k": 3, "n": 5}
+     "k": 3, "n": 5,
+     "rpc_url": "",                  EVM JSON-RPC URL; "" = the embedded local chain
+     "chain_id": 31337,              refuse an endpoint serving another chain
+     "confirmations": 0,             blocks the indexer waits before trusting an event
+     "indexer_url": ""}              SQLAlchemy URL (postgresql+psycopg://...); "" = index.db
 
 The wallet passphrase comes from ``MEDMESH_PASSPHRASE`` or an interactive prompt.
 Settings load in a fixed order: defaults, file, environment, flags.
@@ -41,11 +48,15 @@ class ClientConfig:
     nodes: tuple[str, ...] = ()
     k: int = 3
     n: int = 5
+    rpc_url: str = ""
+    chain_id: int = 31337
+    confirmations: int = 0
+    indexer_url: str = ""
     extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str) -> ClientConfig:
-        known = {"backend", "nodes", "k", "n"}
+        known = {"backend", "nodes", "k", "n", "rpc_url", "chain_id", "confirmations", "indexer_url"}
         unknown = set(values) - known
         if unknown:
             raise ConfigError(f"unknown keys in {source}: {', '.join(sorted(unknown))}")
@@ -90,6 +101,18 @@ class Home:
     @property
     def devnet_dir(self) -> Path:
         return self.path / "devnet"
+
+    @property
+    def chain_dir(self) -> Path:
+        return self.path / "chain"
+
+    @property
+    def address_book(self) -> Path:
+        return self.path / "addresses.json"
+
+    @property
+    def index_db(self) -> Path:
+        return self.path / "index.db"
 
     def ensure(self) -> Home:
         self.path.mkdir(parents=True, exist_ok=True, mode=0o700)

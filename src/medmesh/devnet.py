@@ -23,12 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+from medmesh.daemons import HOST, alive, free_port, port_free, spawn_detached
 from medmesh.errors import ConfigError, NodeUnavailableError
 
 __all__ = ["DEFAULT_BASE_PORT", "Devnet", "NodeStatus"]
 
 DEFAULT_BASE_PORT: Final = 7601
-HOST: Final = "127.0.0.1"
 
 
 @dataclass(frozen=True)
@@ -55,30 +55,6 @@ class NodeStatus:
         }
 
 
-def _port_free(port: int, kind: int) -> bool:
-    with socket.socket(socket.AF_INET, kind) as s:
-        try:
-            s.bind((HOST, port))
-        except OSError:
-            return False
-    return True
-
-
-def _free_port(kind: int) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
-
-
-def _alive(pid: int, data: str) -> bool:
-    """True if ``pid`` runs and is the node of ``data`` (not a recycled PID)."""
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return False
-    return data.encode() in cmdline
-
-
 def _probe(url: str, timeout: float = 1.0) -> bool:
     req = urllib.request.Request(  # noqa: S310 - http://127.0.0.1 only
         url + "/ipfs/bafkqaaa", headers={"Accept": "application/vnd.ipld.raw"}
@@ -88,28 +64,6 @@ def _probe(url: str, timeout: float = 1.0) -> bool:
             return bool(resp.status == 200)
     except (urllib.error.URLError, OSError):
         return False
-
-
-def _spawn_detached(cmd: list[str], log: Path) -> None:
-    """Start ``cmd`` as a daemon: its own session, re-parented to init, output to ``log``.
-
-    The classic double fork: the node outlives this process (``devnet up`` returns) and is
-    never left as a zombie of whoever called us.
-    """
-    pid = os.fork()
-    if pid == 0:  # first child
-        try:
-            os.setsid()
-            if os.fork() == 0:  # grandchild: becomes the node
-                fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-                null = os.open(os.devnull, os.O_RDONLY)
-                os.dup2(null, 0)
-                os.dup2(fd, 1)
-                os.dup2(fd, 2)
-                os.execv(cmd[0], cmd)  # noqa: S606 - our own interpreter and module
-        finally:
-            os._exit(0)
-    os.waitpid(pid, 0)
 
 
 class Devnet:
@@ -146,13 +100,13 @@ class Devnet:
         while len(nodes) < count:
             i = len(nodes)
             if base_port == 0:
-                port, dht = _free_port(socket.SOCK_STREAM), _free_port(socket.SOCK_DGRAM)
+                port, dht = free_port(socket.SOCK_STREAM), free_port(socket.SOCK_DGRAM)
             else:
                 while not (
                     candidate not in used
                     and candidate + 100 not in used
-                    and _port_free(candidate, socket.SOCK_STREAM)
-                    and _port_free(candidate + 100, socket.SOCK_DGRAM)
+                    and port_free(candidate, socket.SOCK_STREAM)
+                    and port_free(candidate + 100, socket.SOCK_DGRAM)
                 ):
                     candidate += 1
                 port, dht = candidate, candidate + 100
@@ -168,7 +122,7 @@ class Devnet:
             pid: int | None = None
             with contextlib.suppress(OSError, ValueError):
                 pid = int((Path(data) / "node.pid").read_text().strip())
-            running = pid is not None and _alive(pid, data)
+            running = pid is not None and alive(pid, data)
             url = f"http://{HOST}:{n['port']}"
             out.append(
                 NodeStatus(
@@ -223,7 +177,7 @@ class Devnet:
             if quota is not None:
                 cmd += ["--quota", str(quota)]
             Path(n["data"]).mkdir(parents=True, exist_ok=True)
-            _spawn_detached(cmd, self.logs / f"node-{i}.log")
+            spawn_detached(cmd, self.logs / f"node-{i}.log")
             started.append(i)
         deadline = time.monotonic() + timeout
         waiting = set(range(count))
@@ -247,11 +201,11 @@ class Devnet:
             if st.index == index and st.running and st.pid is not None:
                 os.kill(st.pid, sig)
                 deadline = time.monotonic() + timeout
-                while _alive(st.pid, st.data) and time.monotonic() < deadline:
+                while alive(st.pid, st.data) and time.monotonic() < deadline:
                     time.sleep(0.05)
-                if _alive(st.pid, st.data):
+                if alive(st.pid, st.data):
                     os.kill(st.pid, signal.SIGKILL)
-                    while _alive(st.pid, st.data):
+                    while alive(st.pid, st.data):
                         time.sleep(0.05)
                 return True
         return False
@@ -265,9 +219,9 @@ class Devnet:
         deadline = time.monotonic() + timeout
         for st in running:
             assert st.pid is not None
-            while _alive(st.pid, st.data) and time.monotonic() < deadline:
+            while alive(st.pid, st.data) and time.monotonic() < deadline:
                 time.sleep(0.05)
-            if _alive(st.pid, st.data):
+            if alive(st.pid, st.data):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(st.pid, signal.SIGKILL)
         return len(running)

@@ -21,6 +21,13 @@ converted at the boundary and chained with ``raise ... from exc``.
     │   ├── ReplayError                        reused nonce or stale timestamp
     │   └── UntrustedSignerError               valid signature from a key the node does not trust
     ├── KeystoreError                          keystore missing, corrupt or wrong passphrase
+    ├── LedgerError                            the chain refused or could not do the work
+    │   ├── RpcUnavailableError                the JSON-RPC endpoint did not answer
+    │   ├── WrongChainError                    the endpoint serves another chain than configured
+    │   ├── RevertError                        a contract call reverted (``reason`` decoded)
+    │   ├── OutOfGasError                      a transaction ran out of gas
+    │   └── TransactionTimeoutError            a transaction was not mined in time
+    ├── ConsentError                           access refused: no valid grant (logged)
     └── ConfigError                            bad configuration or home folder
 """
 
@@ -30,19 +37,26 @@ __all__ = [
     "AuthError",
     "BlockMismatchError",
     "ConfigError",
+    "ConsentError",
     "InsufficientSharesError",
     "IntegrityError",
     "InvalidCidError",
     "InvalidInputError",
     "KeystoreError",
+    "LedgerError",
     "MedmeshError",
     "NodeUnavailableError",
     "NotFoundError",
+    "OutOfGasError",
     "ReplayError",
+    "RevertError",
+    "RpcUnavailableError",
     "SignatureError",
     "StorageError",
     "StorageFullError",
+    "TransactionTimeoutError",
     "UntrustedSignerError",
+    "WrongChainError",
 ]
 
 
@@ -148,6 +162,52 @@ class KeystoreError(MedmeshError):
     """The keystore could not be read or unlocked."""
 
     code = "keystore"
+
+
+class LedgerError(MedmeshError):
+    """The ledger refused or could not do the work."""
+
+    code = "ledger_error"
+
+
+class RpcUnavailableError(LedgerError):
+    """The chain's JSON-RPC endpoint did not answer."""
+
+    code = "rpc_unavailable"
+
+
+class WrongChainError(LedgerError):
+    """The JSON-RPC endpoint serves another chain than the one configured."""
+
+    code = "wrong_chain"
+
+
+class RevertError(LedgerError):
+    """A contract call reverted; ``reason`` is the decoded revert reason, if any."""
+
+    code = "reverted"
+
+    def __init__(self, reason: str | None, message: str | None = None) -> None:
+        self.reason = reason
+        super().__init__(message or (f"reverted: {reason}" if reason else "reverted without a reason"))
+
+
+class OutOfGasError(LedgerError):
+    """A transaction ran out of gas."""
+
+    code = "out_of_gas"
+
+
+class TransactionTimeoutError(LedgerError):
+    """A transaction was sent but not mined in time; it may still be mined later."""
+
+    code = "tx_timeout"
+
+
+class ConsentError(MedmeshError, PermissionError):
+    """Access refused: no valid grant covers this request now."""
+
+    code = "no_consent"
 
 
 class ConfigError(MedmeshError):

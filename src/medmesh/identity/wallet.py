@@ -17,6 +17,7 @@ through :mod:`medmesh.identity.keystore`.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from eth_account import Account
 from eth_account.messages import encode_defunct
@@ -90,6 +91,10 @@ class Wallet:
         """Sign ``data`` with EIP-191 ``personal_sign``; return the 65-byte signature."""
         signed = self._account.sign_message(encode_defunct(primitive=bytes(data)))
         return bytes(signed.signature)
+
+    def sign_transaction(self, tx: dict[str, Any]) -> bytes:
+        """Sign an Ethereum transaction (EIP-1559 or legacy fields); return the raw bytes."""
+        return bytes(self._account.sign_transaction(tx).raw_transaction)
 
     @property
     def encryption_key(self) -> EncryptionPrivateKey:

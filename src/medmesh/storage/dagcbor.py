@@ -36,7 +36,7 @@ def encode(obj: Any) -> bytes:
     return cbor2.dumps(obj, canonical=True, default=_default)
 
 
-def _tag_hook(tag: cbor2.CBORTag, immutable: bool) -> Any:
+def _tag_hook(decoder: Any, tag: cbor2.CBORTag) -> Any:  # cbor2 5.x hook signature
     if tag.tag != _CID_TAG or not isinstance(tag.value, bytes) or tag.value[:1] != b"\x00":
         raise InvalidInputError("DAG-CBOR allows no CBOR tag but 42 (CID)")
     return Cid.from_bytes(tag.value[1:])

@@ -1,0 +1,204 @@
+# pragma version ~=0.4.3
+"""
+@title medmesh Records
+@license Apache-2.0
+@notice Anchors of record versions. A record version is identified by
+        `keccak256(cid)`, the digest of the CID of its (encrypted) content in
+        the storage network. An anchor holds who owns the record (the patient),
+        its kind (a 4-byte tag, `bytes4(keccak256("fhir:Observation"))` and the
+        like), when it was anchored and the version it supersedes. The CID
+        itself appears only in the `Anchored` event, so that the patient's
+        client can rebuild its record list from the chain; it names ciphertext.
+
+        A patient anchors its own records. A provider may anchor for a patient
+        when the patient has granted it the CONTRIBUTE purpose for that kind.
+        Many records can be anchored at once under one Merkle root (sorted-pair
+        keccak256 tree, double-hashed leaves as in OpenZeppelin's
+        StandardMerkleTree), and a record's inclusion is checked on chain.
+
+        One storage slot per anchor: owner (160 bits) | time (48) | flags (16) |
+        kind (32).
+"""
+
+from snekmate.auth import ownable
+from snekmate.utils import merkle_proof_verification as merkle
+
+initializes: ownable
+initializes: merkle
+
+exports: ownable.owner
+
+from interfaces import IConsent
+from interfaces import IRecords
+from interfaces import IRegistry
+
+implements: IRecords
+
+FLAG_SUPERSEDED: constant(uint256) = 1
+FLAG_ERASED: constant(uint256) = 2
+MAX_CID: constant(uint256) = 64
+MAX_PROOF: constant(uint256) = 64
+
+registry: public(IRegistry)
+consent: public(IConsent)
+
+# record id -> packed anchor
+anchors: HashMap[bytes32, uint256]
+# batch root -> packed (author | time << 160 | count << 208)
+batches: HashMap[bytes32, uint256]
+
+
+event Anchored:
+    patient: indexed(address)
+    record: indexed(bytes32)
+    supersedes: indexed(bytes32)
+    kind: bytes4
+    author: address
+    cid: Bytes[MAX_CID]
+
+
+event BatchAnchored:
+    author: indexed(address)
+    root: indexed(bytes32)
+    count: uint256
+
+
+event Erased:
+    patient: indexed(address)
+    record: indexed(bytes32)
+
+
+@deploy
+def __init__(registry: IRegistry):
+    ownable.__init__()
+    merkle.__init__()
+    self.registry = registry
+
+
+@external
+def set_consent(consent: IConsent):
+    """
+    @notice Wire the Consent contract once, right after deployment (Consent
+            needs this contract's address, so it is deployed second).
+    """
+    ownable._check_owner()
+    assert self.consent.address == empty(address), "records: consent already set"
+    assert consent.address != empty(address), "records: zero address"
+    self.consent = consent
+    ownable._transfer_ownership(empty(address))
+
+
+@external
+def anchor(cid: Bytes[MAX_CID], kind: bytes4, supersedes: bytes32) -> bytes32:
+    """
+    @notice Anchor a version of one of your own records.
+    @return The record id, keccak256(cid).
+    """
+    return self._anchor(msg.sender, cid, kind, supersedes)
+
+
+@external
+def anchor_for(patient: address, cid: Bytes[MAX_CID], kind: bytes4, supersedes: bytes32) -> bytes32:
+    """
+    @notice Anchor a record version for `patient`, who must have granted the
+            caller the CONTRIBUTE purpose for this kind of record.
+    """
+    assert staticcall self.consent.has_kind_access(patient, msg.sender, kind, IConsent.Purpose.CONTRIBUTE), "records: no consent to contribute"
+    return self._anchor(patient, cid, kind, supersedes)
+
+
+@internal
+def _anchor(patient: address, cid: Bytes[MAX_CID], kind: bytes4, supersedes: bytes32) -> bytes32:
+    assert len(cid) > 0, "records: empty cid"
+    record: bytes32 = keccak256(cid)
+    assert self.anchors[record] == 0, "records: already anchored"
+    if supersedes != empty(bytes32):
+        previous: uint256 = self.anchors[supersedes]
+        assert previous != 0, "records: superseded record unknown"
+        assert convert(previous & convert(max_value(uint160), uint256), address) == patient, "records: superseded record has another owner"
+        assert (previous >> 208) & FLAG_SUPERSEDED == 0, "records: already superseded"
+        self.anchors[supersedes] = previous | (FLAG_SUPERSEDED << 208)
+    self.anchors[record] = (
+        convert(patient, uint256)
+        | (block.timestamp << 160)
+        | (convert(convert(kind, uint32), uint256) << 224)
+    )
+    log Anchored(patient=patient, record=record, supersedes=supersedes, kind=kind, author=msg.sender, cid=cid)
+    return record
+
+
+@external
+def erase(record: bytes32):
+    """
+    @notice Mark your record as erased (crypto-shredded): its key capsules are
+            destroyed off chain and no grant gives access to it any more.
+    """
+    packed: uint256 = self.anchors[record]
+    assert packed != 0, "records: unknown record"
+    assert convert(packed & convert(max_value(uint160), uint256), address) == msg.sender, "records: not the owner"
+    assert (packed >> 208) & FLAG_ERASED == 0, "records: already erased"
+    self.anchors[record] = packed | (FLAG_ERASED << 208)
+    log Erased(patient=msg.sender, record=record)
+
+
+@external
+@view
+def anchor_of(record: bytes32) -> (address, bytes4, uint256, uint256):
+    """
+    @notice (owner, kind, anchored at, flags) of a record; owner 0 if unknown.
+            Flags: 1 superseded, 2 erased.
+    """
+    packed: uint256 = self.anchors[record]
+    owner: address = convert(packed & convert(max_value(uint160), uint256), address)
+    at: uint256 = (packed >> 160) & convert(max_value(uint48), uint256)
+    flags: uint256 = (packed >> 208) & convert(max_value(uint16), uint256)
+    kind: bytes4 = convert(convert(packed >> 224, uint32), bytes4)
+    return (owner, kind, at, flags)
+
+
+@external
+def anchor_batch(root: bytes32, count: uint256):
+    """
+    @notice Anchor `count` records under one Merkle root. Leaves are
+            keccak256(keccak256(abi_encode(patient, record, kind, supersedes))).
+    """
+    assert root != empty(bytes32), "records: empty root"
+    assert count > 0 and count <= convert(max_value(uint48), uint256), "records: bad count"
+    assert self.batches[root] == 0, "records: batch already anchored"
+    self.batches[root] = convert(msg.sender, uint256) | (block.timestamp << 160) | (count << 208)
+    log BatchAnchored(author=msg.sender, root=root, count=count)
+
+
+@external
+@view
+def batch_of(root: bytes32) -> (address, uint256, uint256):
+    """
+    @notice (author, anchored at, count) of a batch; author 0 if unknown.
+    """
+    packed: uint256 = self.batches[root]
+    return (
+        convert(packed & convert(max_value(uint160), uint256), address),
+        (packed >> 160) & convert(max_value(uint48), uint256),
+        packed >> 208,
+    )
+
+
+@external
+@view
+def in_batch(root: bytes32, patient: address, record: bytes32, kind: bytes4, supersedes: bytes32, proof: DynArray[bytes32, MAX_PROOF]) -> bool:
+    """
+    @notice True if the batch `root` is anchored, the leaf is in it, and the
+            batch's author is the patient or holds its CONTRIBUTE consent for
+            this kind now.
+    """
+    packed: uint256 = self.batches[root]
+    if packed == 0:
+        return False
+    leaf: bytes32 = keccak256(abi_encode(keccak256(abi_encode(patient, record, kind, supersedes))))
+    if not merkle._verify(proof, root, leaf):
+        return False
+    author: address = convert(packed & convert(max_value(uint160), uint256), address)
+    if author == patient:
+        return True
+    return staticcall self.consent.has_kind_access(patient, author, kind, IConsent.Purpose.CONTRIBUTE)
+

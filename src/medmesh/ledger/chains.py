@@ -1,0 +1,375 @@
+"""Chains: the embedded local chain (Anvil) and any EVM JSON-RPC endpoint in production.
+
+The local chain is a real EVM node, Anvil (npm ``@foundry-rs/anvil-linux-amd64``, pinned in
+``package-lock.json``; ``make`` installs it into ``node_modules/``). :class:`LocalChain` keeps
+it under ``<home>/chain/``::
+
+    state.json      Anvil's own state file (``--state``, rewritten every second)
+    snapshot.json   the last state.json that parsed, copied with fsync + rename
+    durable.json    {"block": N}: every block up to N is in snapshot.json
+    chain.json      the running supervisor: pid, anvil pid, RPC URL, chain id
+    anvil.log, supervisor.log
+
+Anvil rewrites ``state.json`` in place (``O_TRUNC``, no fsync), so a crash in the middle of
+a dump would leave a truncated file and an empty chain at the next start. A small supervisor
+process (``python -m medmesh.ledger.chains serve``) therefore runs Anvil as its child, copies
+every complete dump to ``snapshot.json`` durably, restores it before any (re)start, and
+restarts Anvil if it dies. A transaction counts as acknowledged on the local chain once its
+block is durable (:meth:`LocalChain.wait_durable`): killing Anvil then loses nothing.
+
+Mining is by interval (``--block-time``, 1 s by default), not one block per transaction:
+Anvil's per-block cost grows with the state it holds, and batching many transactions into
+one block is what keeps hundreds of grants per second possible.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from medmesh.daemons import HOST, alive, free_port, port_free, spawn_detached, stop
+from medmesh.errors import ConfigError, LedgerError, RpcUnavailableError
+from medmesh.ledger.rpc import Rpc
+
+__all__ = [
+    "DEFAULT_CHAIN_ID",
+    "DEFAULT_PORT",
+    "ChainStatus",
+    "LocalChain",
+    "anvil_binary",
+]
+
+DEFAULT_PORT: Final = 8545
+DEFAULT_CHAIN_ID: Final = 31337
+DEFAULT_BLOCK_TIME: Final = 1.0
+ENV_ANVIL: Final = "MEDMESH_ANVIL"
+_SUPERVISOR_MODULE: Final = "medmesh.ledger.chains"
+
+
+def anvil_binary() -> Path:
+    """``$MEDMESH_ANVIL``, else the pinned npm install in this checkout, else ``anvil`` on PATH."""
+    override = os.environ.get(ENV_ANVIL)
+    if override:
+        return Path(override)
+    local = Path(__file__).resolve().parents[3] / "node_modules" / ".bin" / "anvil"
+    if local.exists():
+        return local
+    found = shutil.which("anvil")
+    if found:
+        return Path(found)
+    raise ConfigError(
+        "Anvil is not installed: run `make up` (it runs `npm ci`) or set MEDMESH_ANVIL"
+    )
+
+
+@dataclass(frozen=True)
+class ChainStatus:
+    """The local chain as seen from outside."""
+
+    running: bool
+    rpc_url: str | None
+    chain_id: int | None
+    pid: int | None
+    anvil_pid: int | None
+    block: int | None
+    durable_block: int | None
+    data: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "running": self.running,
+            "rpc_url": self.rpc_url,
+            "chain_id": self.chain_id,
+            "pid": self.pid,
+            "anvil_pid": self.anvil_pid,
+            "block": self.block,
+            "durable_block": self.durable_block,
+            "data": self.data,
+        }
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(path)
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _state_block(raw: bytes) -> int | None:
+    """The newest block in an Anvil state dump, or None if the dump is incomplete."""
+    try:
+        state = json.loads(raw)
+        best = state.get("best_block_number")
+        if best is None:
+            best = state["block"]["number"]
+        return int(best, 16) if isinstance(best, str) else int(best)
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+class LocalChain:
+    """Start, stop and inspect the embedded Anvil chain kept under ``root``."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+        self.info_file = self.root / "chain.json"
+        self.state_file = self.root / "state.json"
+        self.snapshot_file = self.root / "snapshot.json"
+        self.durable_file = self.root / "durable.json"
+
+    # -- outside view --------------------------------------------------------------------------
+
+    def _info(self) -> dict[str, Any] | None:
+        try:
+            info = json.loads(self.info_file.read_text())
+        except (OSError, ValueError):
+            return None
+        return info if isinstance(info, dict) else None
+
+    def _marker(self) -> str:
+        return str(self.root)
+
+    def running_info(self) -> dict[str, Any] | None:
+        """chain.json if its supervisor is alive."""
+        info = self._info()
+        if info and alive(int(info["pid"]), self._marker()):
+            return info
+        return None
+
+    def durable_block(self) -> int | None:
+        try:
+            return int(json.loads(self.durable_file.read_text())["block"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def status(self) -> ChainStatus:
+        info = self.running_info()
+        block = None
+        if info:
+            try:
+                with Rpc(info["rpc_url"], timeout=2.0, retries=1) as rpc:
+                    block = int(rpc.call("eth_blockNumber"), 16)
+            except LedgerError:
+                block = None
+        return ChainStatus(
+            running=info is not None,
+            rpc_url=info["rpc_url"] if info else None,
+            chain_id=info["chain_id"] if info else None,
+            pid=info["pid"] if info else None,
+            anvil_pid=info.get("anvil_pid") if info else None,
+            block=block,
+            durable_block=self.durable_block(),
+            data=str(self.root),
+        )
+
+    # -- start and stop --------------------------------------------------------------------------
+
+    def up(
+        self,
+        *,
+        port: int = DEFAULT_PORT,
+        chain_id: int = DEFAULT_CHAIN_ID,
+        block_time: float = DEFAULT_BLOCK_TIME,
+        timeout: float = 30.0,
+    ) -> ChainStatus:
+        """Start the chain unless it runs; return once it answers JSON-RPC.
+
+        ``port=0`` picks a free port. The port and chain id of a chain that already has data
+        are kept from its first start.
+        """
+        if self.running_info():
+            return self.status()
+        anvil = anvil_binary()
+        self.root.mkdir(parents=True, exist_ok=True)
+        previous = self._info() or {}
+        chain_id = int(previous.get("chain_id", chain_id))
+        port = int(previous.get("port", port)) if previous.get("port") else port
+        if port == 0 or not port_free(port, socket.SOCK_STREAM):
+            if port and previous.get("port"):
+                raise ConfigError(f"port {port} of the local chain is taken by another process")
+            if port:
+                raise ConfigError(f"port {port} is taken; pass another port (or 0 for any)")
+            port = free_port(socket.SOCK_STREAM)
+        cmd = [
+            sys.executable, "-m", _SUPERVISOR_MODULE, "serve", str(self.root),
+            "--anvil", str(anvil), "--port", str(port), "--chain-id", str(chain_id),
+            "--block-time", str(block_time),
+        ]  # fmt: skip
+        self.info_file.unlink(missing_ok=True)
+        spawn_detached(cmd, self.root / "supervisor.log")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            info = self._info()
+            if info and info.get("ready"):
+                return self.status()
+            time.sleep(0.05)
+        raise RpcUnavailableError(
+            f"the local chain did not start within {timeout:.0f} s; see {self.root / 'supervisor.log'}"
+        )
+
+    def down(self, timeout: float = 20.0) -> bool:
+        """Stop the chain (Anvil dumps its state, the supervisor snapshots it); True if it ran."""
+        info = self._info()
+        if not info:
+            return False
+        stopped = stop(int(info["pid"]), self._marker(), timeout=timeout)
+        anvil_pid = info.get("anvil_pid")
+        if anvil_pid:  # the supervisor stops it; make sure if the supervisor was killed
+            stop(int(anvil_pid), str(self.state_file), timeout=5.0)
+        return stopped
+
+    def kill_anvil(self) -> None:
+        """SIGKILL Anvil (not the supervisor): for crash tests."""
+        info = self.running_info()
+        if info and info.get("anvil_pid"):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(info["anvil_pid"]), signal.SIGKILL)
+
+    def wait_durable(self, block: int, timeout: float = 15.0) -> None:
+        """Return once ``block`` is in the durable snapshot."""
+        deadline = time.monotonic() + timeout
+        while True:
+            durable = self.durable_block()
+            if durable is not None and durable >= block:
+                return
+            if time.monotonic() > deadline:
+                raise LedgerError(
+                    f"block {block} was not saved to disk within {timeout:.0f} s "
+                    f"(durable: {durable}); is the local chain running?"
+                )
+            time.sleep(0.05)
+
+    # -- the supervisor ---------------------------------------------------------------------------
+
+    def _restore(self) -> None:
+        """Make sure Anvil starts from the newest complete state."""
+        current = self.state_file.read_bytes() if self.state_file.exists() else None
+        if current is not None and _state_block(current) is not None:
+            return
+        if self.snapshot_file.exists():
+            shutil.copyfile(self.snapshot_file, self.state_file)
+            print(f"restored {self.state_file.name} from {self.snapshot_file.name}", flush=True)
+        elif current is not None:
+            bad = self.state_file.with_name("state.corrupt.json")
+            self.state_file.replace(bad)
+            print(f"moved an unreadable state file to {bad.name}; starting empty", flush=True)
+
+    def _snapshot(self, last: int | None) -> int | None:
+        """Copy a complete state.json to snapshot.json; returns its mtime marker."""
+        try:
+            st = self.state_file.stat()
+        except FileNotFoundError:
+            return last
+        if st.st_mtime_ns == last:
+            return last
+        raw = self.state_file.read_bytes()
+        block = _state_block(raw)
+        if block is None:
+            return last  # caught mid-write: the next pass will see the complete file
+        _write_atomic(self.snapshot_file, raw)
+        _write_atomic(self.durable_file, json.dumps({"block": block, "at": time.time()}).encode())
+        return st.st_mtime_ns
+
+    def serve(self, anvil: Path, port: int, chain_id: int, block_time: float) -> None:
+        """Run Anvil as a child until SIGTERM; snapshot its state; restart it if it dies."""
+        stopping = False
+
+        def _stop(signum: int, frame: object) -> None:
+            nonlocal stopping
+            stopping = True
+
+        signal.signal(signal.SIGTERM, _stop)
+        signal.signal(signal.SIGINT, _stop)
+        rpc_url = f"http://{HOST}:{port}"
+        cmd = [
+            str(anvil), "--host", HOST, "--port", str(port), "--chain-id", str(chain_id),
+            "--block-time", f"{block_time:g}", "--state", str(self.state_file),
+            "--state-interval", "1", "--silent",
+        ]  # fmt: skip
+        log = open(self.root / "anvil.log", "ab")  # noqa: SIM115 - lives as long as the loop
+        restarts: list[float] = []
+        last_mtime: int | None = None
+        child: subprocess.Popen[bytes] | None = None
+        try:
+            while not stopping:
+                if child is None or child.poll() is not None:
+                    if child is not None:
+                        print(f"anvil exited with {child.returncode}; restarting", flush=True)
+                        restarts = [t for t in restarts if time.monotonic() - t < 60] + [
+                            time.monotonic()
+                        ]
+                        if len(restarts) > 5:
+                            print("anvil keeps dying; giving up", flush=True)
+                            return
+                    self._restore()
+                    child = subprocess.Popen(cmd, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+                    self._wait_rpc(rpc_url, child)
+                    info = {
+                        "pid": os.getpid(), "anvil_pid": child.pid, "rpc_url": rpc_url,
+                        "port": port, "chain_id": chain_id, "block_time": block_time,
+                        "data": str(self.root), "ready": True,
+                    }  # fmt: skip
+                    _write_atomic(self.info_file, json.dumps(info, indent=2).encode())
+                last_mtime = self._snapshot(last_mtime)
+                time.sleep(0.2)
+        finally:
+            if child is not None and child.poll() is None:
+                child.terminate()  # Anvil dumps its state on a clean exit
+                try:
+                    child.wait(15)
+                except subprocess.TimeoutExpired:
+                    child.kill()
+                    child.wait()
+            self._snapshot(last_mtime)
+            info = self._info() or {}
+            info.update(ready=False, anvil_pid=None)
+            with contextlib.suppress(OSError):
+                _write_atomic(self.info_file, json.dumps(info, indent=2).encode())
+            log.close()
+
+    @staticmethod
+    def _wait_rpc(url: str, child: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        with Rpc(url, timeout=1.0, retries=1) as rpc:
+            while time.monotonic() < deadline and child.poll() is None:
+                try:
+                    rpc.call("eth_chainId")
+                    return
+                except RpcUnavailableError:
+                    time.sleep(0.05)
+        raise RpcUnavailableError(f"anvil did not answer on {url}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m medmesh.ledger.chains")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run Anvil under supervision (started by `chain up`)")
+    serve.add_argument("root", type=Path)
+    serve.add_argument("--anvil", type=Path, required=True)
+    serve.add_argument("--port", type=int, required=True)
+    serve.add_argument("--chain-id", type=int, required=True)
+    serve.add_argument("--block-time", type=float, default=DEFAULT_BLOCK_TIME)
+    args = parser.parse_args(argv)
+    LocalChain(args.root).serve(args.anvil, args.port, args.chain_id, args.block_time)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,378 @@
+"""Typed Python faces of the medmesh contracts, over web3.py's ABI codec.
+
+Each wrapper turns Python values into calldata with web3's contract objects (offline: no
+provider is attached) and reads through :class:`~medmesh.ledger.rpc.Rpc`. Writes come in two
+forms: ``grant(...)`` sends one transaction and waits for it; ``grant_call(...)`` returns a
+:class:`~medmesh.ledger.tx.Call` for pipelining many in one batch
+(:meth:`TxSender.transact_many`).
+
+Vocabulary shared with the contracts:
+
+- :class:`Role` and :class:`Purpose` mirror the Vyper flags bit for bit;
+- a record id is ``keccak256(cid bytes)`` (:func:`record_id`);
+- a kind is a short name (``fhir:Observation``, ``dicom:study``, ``document``) and travels as a
+  4-byte tag, ``keccak256(name)[:4]`` (:func:`kind_tag`);
+- a :class:`Scope` is one record, one kind, or all records, as the 32-byte word the contract
+  keys grants by.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+from eth_abi.abi import decode as abi_decode
+from eth_utils.address import to_checksum_address
+from eth_utils.crypto import keccak
+from web3 import Web3
+from web3.exceptions import MismatchedABI
+
+from medmesh.errors import InvalidInputError
+from medmesh.ledger.artifacts import Artifact
+from medmesh.ledger.rpc import Rpc
+from medmesh.ledger.tx import Call, Receipt, TxSender
+
+__all__ = [
+    "ALL_SCOPE",
+    "BREAK_GLASS_SCOPE",
+    "Anchor",
+    "ConsentContract",
+    "Contract",
+    "Purpose",
+    "RecordsContract",
+    "RegistryContract",
+    "Role",
+    "Scope",
+    "TokenContract",
+    "kind_tag",
+    "record_id",
+]
+
+
+class Role(enum.IntFlag):
+    """Participant roles (``Registry.Role``)."""
+
+    PATIENT = 1
+    PROVIDER = 2
+    RESEARCHER = 4
+    STORAGE_NODE = 8
+    COMPUTE_NODE = 16
+    INSURER = 32
+    INSPECTOR = 64
+    GOVERNANCE = 128
+    GATEWAY = 256
+
+
+class Purpose(enum.IntFlag):
+    """Purposes of use (``Consent.Purpose``), after HL7's PurposeOfUse codes."""
+
+    TREATMENT = 1
+    PAYMENT = 2
+    OPERATIONS = 4
+    RESEARCH = 8
+    PUBLIC_HEALTH = 16
+    EMERGENCY = 32
+    CONTRIBUTE = 64  # may anchor new records for the patient
+
+    @classmethod
+    def parse(cls, text: str) -> Purpose:
+        """``"treatment,research"`` → ``TREATMENT|RESEARCH``."""
+        value = cls(0)
+        for part in text.replace("|", ",").split(","):
+            name = part.strip().upper().replace("-", "_")
+            if not name:
+                continue
+            try:
+                value |= cls[name]
+            except KeyError:
+                choices = ", ".join(m.name.lower() for m in cls if m.name)
+                raise InvalidInputError(
+                    f"unknown purpose {part.strip()!r} (one of {choices})"
+                ) from None
+        if not value:
+            raise InvalidInputError("give at least one purpose")
+        return value
+
+    def names(self) -> str:
+        return ",".join(m.name.lower() for m in Purpose if m in self and m.name)
+
+
+ZERO: Final = b"\0" * 32
+ALL_SCOPE: Final = ZERO
+BREAK_GLASS_SCOPE: Final = keccak(b"medmesh:break-glass")
+
+
+def record_id(cid: bytes | Any) -> bytes:
+    """The on-chain id of a record version: keccak256 of its CID's binary form."""
+    return keccak(bytes(cid))
+
+
+def kind_tag(kind: str) -> bytes:
+    """The 4-byte tag of a record kind name."""
+    if not kind or len(kind) > 64 or not kind.isprintable():
+        raise InvalidInputError("a record kind is a short printable name, e.g. fhir:Observation")
+    return keccak(text=kind)[:4]
+
+
+@dataclass(frozen=True)
+class Scope:
+    """What a grant covers: one record version, one kind of record, or all records."""
+
+    word: bytes
+    label: str
+
+    @classmethod
+    def all(cls) -> Scope:
+        return cls(ALL_SCOPE, "all")
+
+    @classmethod
+    def kind(cls, kind: str) -> Scope:
+        return cls(b"\0" * 28 + kind_tag(kind), f"kind:{kind}")
+
+    @classmethod
+    def record(cls, cid: Any) -> Scope:
+        return cls(record_id(cid), f"record:{cid}")
+
+    @classmethod
+    def break_glass(cls) -> Scope:
+        return cls(BREAK_GLASS_SCOPE, "break-glass")
+
+    @classmethod
+    def from_word(cls, word: bytes, kinds: dict[bytes, str] | None = None) -> Scope:
+        """Name a scope read back from the chain (kinds: tag → name, when known)."""
+        if word == ALL_SCOPE:
+            return cls.all()
+        if word == BREAK_GLASS_SCOPE:
+            return cls.break_glass()
+        if word[:28] == b"\0" * 28:
+            name = (kinds or {}).get(word[28:])
+            return cls(word, f"kind:{name}" if name else f"kind:0x{word[28:].hex()}")
+        return cls(word, f"record:0x{word.hex()}")
+
+
+@dataclass(frozen=True)
+class Anchor:
+    """A record version's anchor, as read from Records."""
+
+    record: bytes
+    owner: str
+    kind: bytes
+    anchored_at: int
+    superseded: bool
+    erased: bool
+
+    @property
+    def exists(self) -> bool:
+        return int(self.owner, 16) != 0
+
+
+class Contract:
+    """A deployed contract: encode calls, read views, decode events."""
+
+    def __init__(
+        self,
+        artifact: Artifact,
+        address: str,
+        rpc: Rpc,
+        sender: TxSender | None = None,
+        on_mined: Callable[[Sequence[Receipt]], None] | None = None,
+    ) -> None:
+        self.address = to_checksum_address(address)
+        self.rpc = rpc
+        self.sender = sender
+        self._on_mined = on_mined
+        self.web3 = Web3().eth.contract(address=self.address, abi=artifact.abi)
+        self._outputs = {
+            e["name"]: [o["type"] for o in e.get("outputs", [])]
+            for e in artifact.abi
+            if e.get("type") == "function"
+        }
+        self.event_names = [e["name"] for e in artifact.abi if e.get("type") == "event"]
+
+    def call_data(self, fn: str, *args: Any) -> bytes:
+        return bytes.fromhex(self.web3.encode_abi(fn, args=list(args))[2:])
+
+    def call(self, fn: str, *args: Any, block: str | int = "latest") -> Any:
+        """Run a view; one output comes back bare, several as a tuple."""
+        tag = block if isinstance(block, str) else hex(block)
+        raw = self.rpc.call(
+            "eth_call", {"to": self.address, "data": "0x" + self.call_data(fn, *args).hex()}, tag
+        )
+        values = abi_decode(self._outputs[fn], bytes.fromhex(raw[2:]))
+        return values[0] if len(values) == 1 else values
+
+    def tx(self, fn: str, *args: Any, gas: int | None = None) -> Call:
+        return Call(self.address, self.call_data(fn, *args), gas=gas, label=fn)
+
+    def _sender(self) -> TxSender:
+        if self.sender is None:
+            raise InvalidInputError("this ledger client has no wallet: it can only read")
+        return self.sender
+
+    def transact(self, fn: str, *args: Any, gas: int | None = None) -> Receipt:
+        """Send one call, wait until it is mined (and durable, on the local chain)."""
+        receipt = self._sender().transact(self.tx(fn, *args, gas=gas))
+        if self._on_mined:
+            self._on_mined([receipt])
+        return receipt
+
+    def events(self, receipt: Receipt, name: str) -> list[dict[str, Any]]:
+        """Decoded ``name`` events of this contract in ``receipt``."""
+        event = getattr(self.web3.events, name)()
+        out = []
+        for log in receipt.logs:
+            if to_checksum_address(log["address"]) != self.address:
+                continue
+            try:
+                out.append(dict(event.process_log(log)["args"]))
+            except MismatchedABI:  # another event of this contract
+                continue
+        return out
+
+
+class RegistryContract(Contract):
+    """Participants, roles and encryption keys."""
+
+    def register(self, encryption_key: bytes, metadata_uri: str = "") -> Receipt:
+        return self.transact("register", encryption_key, metadata_uri)
+
+    def admit(self, account: str, roles: Role) -> Receipt:
+        return self.transact("admit", to_checksum_address(account), int(roles))
+
+    def expel(self, account: str, roles: Role) -> Receipt:
+        return self.transact("expel", to_checksum_address(account), int(roles))
+
+    def rotate_key(self, encryption_key: bytes) -> Receipt:
+        return self.transact("rotate_key", encryption_key)
+
+    def roles(self, account: str) -> Role:
+        return Role(self.call("roles", to_checksum_address(account)))
+
+    def encryption_key(self, account: str) -> bytes:
+        return bytes(self.call("encryption_key", to_checksum_address(account)))
+
+    def metadata_uri(self, account: str) -> str:
+        return str(self.call("metadata_uri", to_checksum_address(account)))
+
+    def is_registered(self, account: str) -> bool:
+        return bool(self.call("is_registered", to_checksum_address(account)))
+
+
+class RecordsContract(Contract):
+    """Record anchors."""
+
+    def anchor_call(self, cid: Any, kind: str, supersedes: bytes = ZERO) -> Call:
+        return self.tx("anchor", bytes(cid), kind_tag(kind), supersedes)
+
+    def anchor(self, cid: Any, kind: str, supersedes: bytes = ZERO) -> Receipt:
+        return self.transact("anchor", bytes(cid), kind_tag(kind), supersedes)
+
+    def anchor_for(self, patient: str, cid: Any, kind: str, supersedes: bytes = ZERO) -> Receipt:
+        return self.transact(
+            "anchor_for", to_checksum_address(patient), bytes(cid), kind_tag(kind), supersedes
+        )
+
+    def anchor_batch(self, root: bytes, count: int) -> Receipt:
+        return self.transact("anchor_batch", root, count)
+
+    def erase(self, record: bytes) -> Receipt:
+        return self.transact("erase", record)
+
+    def anchor_of(self, record: bytes) -> Anchor:
+        owner, kind, at, flags = self.call("anchor_of", record)
+        return Anchor(
+            record,
+            to_checksum_address(owner),
+            bytes(kind),
+            int(at),
+            bool(flags & 1),
+            bool(flags & 2),
+        )
+
+    def in_batch(
+        self,
+        root: bytes,
+        patient: str,
+        record: bytes,
+        kind: str,
+        supersedes: bytes,
+        proof: Sequence[bytes],
+    ) -> bool:
+        return bool(
+            self.call(
+                "in_batch",
+                root,
+                to_checksum_address(patient),
+                record,
+                kind_tag(kind),
+                supersedes,
+                list(proof),
+            )
+        )
+
+
+class ConsentContract(Contract):
+    """Grants, revocations, break-glass and the access log."""
+
+    def grant_call(
+        self, grantee: str, scope: Scope, purposes: Purpose, expiry: int, capsule: bytes = ZERO
+    ) -> Call:
+        return self.tx(
+            "grant", to_checksum_address(grantee), scope.word, int(purposes), expiry, capsule
+        )
+
+    def grant(
+        self, grantee: str, scope: Scope, purposes: Purpose, expiry: int, capsule: bytes = ZERO
+    ) -> Receipt:
+        return self.transact(
+            "grant", to_checksum_address(grantee), scope.word, int(purposes), expiry, capsule
+        )
+
+    def revoke(self, grantee: str, scope: Scope) -> Receipt:
+        return self.transact("revoke", to_checksum_address(grantee), scope.word)
+
+    def break_glass(self, patient: str, reason_digest: bytes) -> Receipt:
+        return self.transact("break_glass", to_checksum_address(patient), reason_digest)
+
+    def log_access_call(self, entries: Sequence[tuple[str, str, bytes, Purpose, int]]) -> Call:
+        rows = [
+            (to_checksum_address(p), to_checksum_address(a), r, int(pu), at)
+            for p, a, r, pu, at in entries
+        ]
+        return self.tx("log_access", rows)
+
+    def has_access(
+        self, grantee: str, record: bytes, purpose: Purpose, block: str | int = "latest"
+    ) -> bool:
+        return bool(
+            self.call("has_access", to_checksum_address(grantee), record, int(purpose), block=block)
+        )
+
+    def has_kind_access(self, patient: str, grantee: str, kind: str, purpose: Purpose) -> bool:
+        return bool(
+            self.call(
+                "has_kind_access",
+                to_checksum_address(patient),
+                to_checksum_address(grantee),
+                kind_tag(kind),
+                int(purpose),
+            )
+        )
+
+    def grant_of(self, patient: str, grantee: str, scope: Scope) -> tuple[Purpose, int]:
+        purposes, expiry = self.call(
+            "grant_of", to_checksum_address(patient), to_checksum_address(grantee), scope.word
+        )
+        return Purpose(purposes), int(expiry)
+
+
+class TokenContract(Contract):
+    """HealthToken (ERC-20)."""
+
+    def balance_of(self, account: str) -> int:
+        return int(self.call("balanceOf", to_checksum_address(account)))
+
+    def transfer(self, to: str, amount: int) -> Receipt:
+        return self.transact("transfer", to_checksum_address(to), amount)

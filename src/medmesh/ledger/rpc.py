@@ -1,0 +1,157 @@
+"""A small Ethereum JSON-RPC client: batches, typed errors, retries where they are safe.
+
+web3.py encodes and decodes (see :mod:`medmesh.ledger.contracts`); this module only moves
+JSON-RPC messages, because the ledger needs two things web3's providers make awkward: batches
+(hundreds of signed transactions or receipt polls in one HTTP request) and one clear error for
+each way a call can fail:
+
+- the endpoint does not answer → :class:`RpcUnavailableError`, after ``retries`` attempts
+  (every method we send is safe to repeat: reads, and raw transactions, which the node
+  recognises as already known);
+- a call reverts → :class:`RevertError` with the decoded reason (``Error(string)`` or
+  ``Panic(uint256)``);
+- anything else the node refuses → :class:`LedgerError` with the node's message.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from typing import Any, Final
+
+import requests
+from eth_abi.abi import decode as abi_decode
+
+from medmesh.errors import LedgerError, RevertError, RpcUnavailableError
+
+__all__ = ["Rpc", "RpcCallError", "decode_revert"]
+
+_ERROR_SELECTOR: Final = bytes.fromhex("08c379a0")  # Error(string)
+_PANIC_SELECTOR: Final = bytes.fromhex("4e487b71")  # Panic(uint256)
+_PANICS: Final = {
+    0x01: "assertion failed",
+    0x11: "arithmetic overflow or underflow",
+    0x12: "division by zero",
+    0x32: "array index out of bounds",
+}
+
+
+def decode_revert(data: bytes) -> str | None:
+    """The human reason inside revert ``data``, or None if it carries none."""
+    try:
+        if data[:4] == _ERROR_SELECTOR:
+            (reason,) = abi_decode(["string"], data[4:])
+            return str(reason)
+        if data[:4] == _PANIC_SELECTOR:
+            (code,) = abi_decode(["uint256"], data[4:])
+            return f"panic: {_PANICS.get(code, hex(code))}"
+    except Exception:  # malformed revert data: report no reason rather than fail
+        return None
+    return None
+
+
+class RpcCallError(LedgerError):
+    """A JSON-RPC error object returned for one call of a batch."""
+
+    code = "rpc_error"
+
+    def __init__(self, rpc_code: int, message: str, data: Any = None) -> None:
+        self.rpc_code = rpc_code
+        self.data = data
+        super().__init__(f"node refused: {message}")
+
+    def to_exception(self) -> LedgerError:
+        """The medmesh error this refusal means (a revert, or this error itself)."""
+        raw = self.data.get("data") if isinstance(self.data, dict) else self.data
+        if isinstance(raw, str) and raw.startswith("0x"):
+            try:
+                return RevertError(decode_revert(bytes.fromhex(raw[2:])))
+            except ValueError:
+                pass
+        if "revert" in self.message:
+            return RevertError(None)
+        return self
+
+
+class Rpc:
+    """A JSON-RPC endpoint over HTTP with keep-alive."""
+
+    def __init__(self, url: str, *, timeout: float = 10.0, retries: int = 3) -> None:
+        self.url = url
+        self.timeout = timeout
+        self.retries = retries
+        self._session = requests.Session()
+        self._ids = itertools.count(1)
+
+    def close(self) -> None:
+        self._session.close()
+
+    def __enter__(self) -> Rpc:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def call(self, method: str, *params: Any) -> Any:
+        """One call; raises the typed error of a refusal."""
+        (result,) = self.batch([(method, list(params))])
+        if isinstance(result, RpcCallError):
+            raise result.to_exception()
+        return result
+
+    def batch(self, calls: list[tuple[str, list[Any]]]) -> list[Any]:
+        """Many calls in one request; each result is a value or an :class:`RpcCallError`."""
+        if not calls:
+            return []
+        ids = [next(self._ids) for _ in calls]
+        body = [
+            {"jsonrpc": "2.0", "id": i, "method": method, "params": params}
+            for i, (method, params) in zip(ids, calls, strict=True)
+        ]
+        answers = self._post(body if len(body) > 1 else body[0])
+        if isinstance(answers, dict):
+            answers = [answers]
+        if not isinstance(answers, list):
+            raise LedgerError(f"malformed JSON-RPC answer from {self.url}")
+        by_id = {a.get("id"): a for a in answers if isinstance(a, dict)}
+        results: list[Any] = []
+        for i in ids:
+            answer = by_id.get(i)
+            if answer is None:
+                raise LedgerError(f"JSON-RPC answer from {self.url} is missing a result")
+            if "error" in answer:
+                err = answer["error"] or {}
+                results.append(
+                    RpcCallError(
+                        int(err.get("code", 0)), str(err.get("message", "")), err.get("data")
+                    )
+                )
+            else:
+                results.append(answer.get("result"))
+        return results
+
+    def _post(self, body: Any) -> Any:
+        delay = 0.2
+        for attempt in range(self.retries):
+            try:
+                response = self._session.post(self.url, json=body, timeout=(2.0, self.timeout))
+            except requests.RequestException as exc:
+                if attempt + 1 == self.retries:
+                    raise RpcUnavailableError(
+                        f"the chain at {self.url} does not answer ({type(exc).__name__}); "
+                        "is it running? (`medmesh chain status`)"
+                    ) from exc
+                time.sleep(delay)
+                delay *= 2
+                continue
+            if response.status_code >= 500 and attempt + 1 < self.retries:
+                time.sleep(delay)
+                delay *= 2
+                continue
+            try:
+                return response.json()
+            except ValueError as exc:
+                raise LedgerError(
+                    f"the chain at {self.url} answered HTTP {response.status_code} without JSON"
+                ) from exc
+        raise AssertionError("unreachable")  # pragma: no cover
