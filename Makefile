@@ -12,6 +12,12 @@ NODES  ?= 5
 
 .PHONY: up down status test lint typecheck bench venv clean
 
+ANVIL  := node_modules/.bin/anvil
+
+$(ANVIL): package.json package-lock.json
+	npm ci --ignore-scripts --no-audit --no-fund
+	touch $(ANVIL)
+
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c requirements.lock -e '.[dev]'
@@ -19,16 +25,19 @@ $(STAMP): pyproject.toml requirements.lock
 
 venv: $(STAMP)
 
-up: $(STAMP)
+up: $(STAMP) $(ANVIL)
+	$(BIN)/medmesh --home $(HOME_DIR) chain up
 	$(BIN)/medmesh --home $(HOME_DIR) devnet up --nodes $(NODES)
 
 down: $(STAMP)
 	$(BIN)/medmesh --home $(HOME_DIR) devnet down
+	$(BIN)/medmesh --home $(HOME_DIR) chain down
 
 status: $(STAMP)
+	-$(BIN)/medmesh --home $(HOME_DIR) chain status
 	$(BIN)/medmesh --home $(HOME_DIR) devnet status
 
-test: $(STAMP)
+test: $(STAMP) $(ANVIL)
 	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy
 	$(BIN)/python -m pytest
@@ -37,4 +46,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/storage.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) node_modules build *.egg-info src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

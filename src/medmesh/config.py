@@ -56,7 +56,16 @@ class ClientConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str) -> ClientConfig:
-        known = {"backend", "nodes", "k", "n", "rpc_url", "chain_id", "confirmations", "indexer_url"}
+        known = {
+            "backend",
+            "nodes",
+            "k",
+            "n",
+            "rpc_url",
+            "chain_id",
+            "confirmations",
+            "indexer_url",
+        }
         unknown = set(values) - known
         if unknown:
             raise ConfigError(f"unknown keys in {source}: {', '.join(sorted(unknown))}")

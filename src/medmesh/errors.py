@@ -189,7 +189,9 @@ class RevertError(LedgerError):
 
     def __init__(self, reason: str | None, message: str | None = None) -> None:
         self.reason = reason
-        super().__init__(message or (f"reverted: {reason}" if reason else "reverted without a reason"))
+        super().__init__(
+            message or (f"reverted: {reason}" if reason else "reverted without a reason")
+        )
 
 
 class OutOfGasError(LedgerError):

@@ -8,7 +8,18 @@ from typing import Annotated, Optional
 import typer
 
 from medmesh import __version__
-from medmesh.cli import devnet, node, objects, storage, wallet
+from medmesh.cli import (
+    audit,
+    chain,
+    consent,
+    devnet,
+    gateway,
+    node,
+    objects,
+    records,
+    storage,
+    wallet,
+)
 from medmesh.cli.common import State
 from medmesh.config import Home
 
@@ -52,6 +63,11 @@ app.add_typer(storage.app, name="storage")
 app.add_typer(node.app, name="node")
 app.add_typer(devnet.app, name="devnet")
 app.add_typer(wallet.app, name="wallet")
+app.add_typer(chain.app, name="chain")
+app.add_typer(records.app, name="records")
+app.add_typer(consent.app, name="consent")
+app.add_typer(gateway.app, name="gateway")
+app.command("audit")(audit.audit)
 
 
 def main() -> None:

@@ -24,6 +24,7 @@ from typing import IO, Any, TypeVar
 
 from medmesh.crypto.envelope import RecordOpener, RecordSealer
 from medmesh.crypto.keys import EncryptionPublicKey
+from medmesh.errors import InvalidInputError
 from medmesh.identity.wallet import Wallet
 from medmesh.storage.backends.base import ObjectStore, Progress, SizeHook, VerifyReport
 from medmesh.storage.cid import Cid
@@ -225,6 +226,16 @@ class Client:
         bad = dict(getattr(self.store, "last_bad_nodes", {}) or {})
         return GetResult(cid, written, str(path) if path is not None else None, bad)
 
+    async def aput_block(self, data: bytes) -> Cid:
+        """Store a small public block as is, unsealed (e.g. key capsules, already encrypted
+        to their recipient). Its CID is the raw-codec CIDv1 of ``data``."""
+        if len(data) > 256 * 1024:
+            raise InvalidInputError("a block is at most 256 KiB")
+        stored = await self.store.put([data])
+        if stored.cid.codec != 0x55:
+            raise InvalidInputError("the store did not keep the block as one raw block")
+        return stored.cid
+
     async def aclose(self) -> None:
         await self.store.close()
 
@@ -236,6 +247,9 @@ class Client:
         self, cid: Cid | str, out: str | os.PathLike[str] | IO[bytes], **kwargs: Any
     ) -> GetResult:
         return asyncio.run(self._closing(self.aget(cid, out, **kwargs)))
+
+    def put_block(self, data: bytes) -> Cid:
+        return asyncio.run(self._closing(self.aput_block(data)))
 
     def get_bytes(self, cid: Cid | str) -> bytes:
         buf = io.BytesIO()

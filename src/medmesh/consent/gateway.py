@@ -1,0 +1,286 @@
+"""The consent gateway: releases a record's ciphertext and the caller's key capsule, and
+only when the ledger grants it now.
+
+Run with ``medmesh gateway run``. Every request for a record goes through :meth:`Gateway.check`:
+
+1. the bearer token names a live SIWE session (:mod:`medmesh.consent.sessions`);
+2. the record is known (indexer, else the chain's ``Anchored`` log);
+3. ``Consent.has_access(caller, record, purpose)`` is true **at the latest block**: a
+   revocation is effective as soon as it is mined; expiry is the chain's clock;
+4. the access is logged: allowed ones on chain in batches, refusals locally
+   (:mod:`medmesh.consent.access_log`).
+
+Then the gateway answers with the record's CID and the caller's capsule (from the capsule
+block its grant references; when there is none, the capsule is in the record's own header)
+or streams the ciphertext itself. It never holds a private encryption key and never sees
+plaintext.
+
+HTTP API (JSON errors ``{"error": code, "message": …}``; 401 no session, 403 no consent,
+404 unknown record):
+
+    GET  /v1/auth/nonce                        → {nonce, domain, uri, chain_id}
+    POST /v1/auth/login   {message, signature} → {token, address, expires_at}
+    GET  /v1/records/{record}/capsule?purpose= → {record, cid, patient, kind, capsule}
+    GET  /v1/records/{record}?purpose=         → ciphertext (X-Medmesh-Cid, X-Medmesh-Capsule)
+    GET  /v1/health
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from eth_utils.address import to_checksum_address
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel
+
+from medmesh.consent.access_log import AccessLog, Entry
+from medmesh.consent.capsules import CapsuleBlock, cid_of_digest
+from medmesh.consent.policy import scopes_for
+from medmesh.consent.sessions import Sessions
+from medmesh.errors import (
+    AuthError,
+    ConsentError,
+    InvalidInputError,
+    MedmeshError,
+    NotFoundError,
+)
+from medmesh.ledger.client import Ledger
+from medmesh.ledger.contracts import Purpose
+from medmesh.ledger.indexer import Indexer
+from medmesh.storage.backends.base import ObjectStore
+from medmesh.storage.cid import Cid
+
+__all__ = ["Access", "Gateway", "create_app"]
+
+_CAPSULE_CACHE = 4096
+
+
+@dataclass(frozen=True)
+class Access:
+    """An allowed request."""
+
+    requester: str
+    record: bytes
+    patient: str
+    kind: bytes
+    cid: Cid
+    purpose: Purpose
+
+
+def parse_record_id(text: str) -> bytes:
+    raw = text.removeprefix("0x")
+    if len(raw) != 64:
+        raise InvalidInputError("a record id is 32 bytes in hex (0x + 64 digits)")
+    try:
+        return bytes.fromhex(raw)
+    except ValueError:
+        raise InvalidInputError("a record id is 32 bytes in hex (0x + 64 digits)") from None
+
+
+def parse_purpose(text: str) -> Purpose:
+    purpose = Purpose.parse(text)
+    if purpose.bit_count() != 1:
+        raise InvalidInputError("ask for exactly one purpose per request")
+    return purpose
+
+
+class Gateway:
+    """Policy enforcement, logging and capsule lookup, independent of HTTP."""
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        indexer: Indexer,
+        store: ObjectStore | None,
+        access_log: AccessLog,
+        *,
+        domain: str,
+        uri: str,
+    ) -> None:
+        self.ledger = ledger
+        self.indexer = indexer
+        self.store = store
+        self.log = access_log
+        self.domain = domain
+        self.uri = uri
+        self.sessions = Sessions(domain, ledger.chain_id)
+        self._capsule_blocks: OrderedDict[bytes, CapsuleBlock] = OrderedDict()
+
+    # -- the decision -----------------------------------------------------------------------
+
+    def _locate(self, record: bytes) -> tuple[str, bytes, Cid]:
+        """(patient, kind, cid) of an anchored record."""
+        row = self.indexer.record(record)
+        if row is not None:
+            return row.patient, row.kind, Cid.from_bytes(row.cid)
+        anchor = self.ledger.records.anchor_of(record)
+        if not anchor.exists:
+            raise NotFoundError("no such record on the ledger")
+        topic = self.ledger.records.web3.events.Anchored().topic
+        logs = self.ledger.rpc.call(
+            "eth_getLogs",
+            {"address": self.ledger.records.address, "fromBlock": hex(self.ledger.book.block),
+             "topics": [topic if str(topic).startswith("0x") else "0x" + str(topic), None, "0x" + record.hex()]},
+        )  # fmt: skip
+        for entry in logs:
+            args = self.ledger.records.web3.events.Anchored().process_log(entry)["args"]
+            return anchor.owner, anchor.kind, Cid.from_bytes(bytes(args["cid"]))
+        raise NotFoundError("record anchored but its CID is not in the chain's logs")
+
+    def check(self, token: str | None, record_text: str, purpose_text: str) -> Access:
+        """Allow or refuse one request; every outcome is logged."""
+        requester: str | None = None
+        record: bytes | None = None
+        purpose: Purpose | None = None
+        try:
+            if not token:
+                raise AuthError("sign in first (Authorization: Bearer <token>)")
+            requester = self.sessions.resolve(token).address
+            record = parse_record_id(record_text)
+            purpose = parse_purpose(purpose_text)
+            patient, kind, cid = self._locate(record)
+            if not self.ledger.consent.has_access(requester, record, purpose):
+                raise ConsentError("no current grant covers this record for this purpose")
+        except MedmeshError as exc:
+            self.log.refused(requester, record, int(purpose) if purpose else None, exc.code)
+            raise
+        self.log.allowed(Entry(patient, requester, record, purpose, int(time.time())))
+        return Access(requester, record, patient, kind, cid, purpose)
+
+    # -- capsules ---------------------------------------------------------------------------
+
+    async def _capsule_block(self, digest: bytes) -> CapsuleBlock | None:
+        cached = self._capsule_blocks.get(digest)
+        if cached is not None:
+            self._capsule_blocks.move_to_end(digest)
+            return cached
+        if self.store is None:
+            return None
+        data = b"".join([piece async for piece in self.store.get(cid_of_digest(digest))])
+        block = CapsuleBlock.decode(data)
+        self._capsule_blocks[digest] = block
+        if len(self._capsule_blocks) > _CAPSULE_CACHE:
+            self._capsule_blocks.popitem(last=False)
+        return block
+
+    async def capsule_for(self, access: Access) -> bytes | None:
+        """The caller's capsule for the record, from its grants' capsule blocks (None: in header)."""
+        if access.requester.lower() == access.patient.lower():
+            return None
+        found = await self._find_capsule(access)
+        if found is None and self.indexer.sync():  # a grant newer than the index
+            found = await self._find_capsule(access)
+        return found
+
+    async def _find_capsule(self, access: Access) -> bytes | None:
+        for scope in scopes_for(access.record, access.kind):
+            digest = self.indexer.capsule_ref(access.patient, access.requester, scope)
+            seen = 0
+            while digest is not None and seen < 64:
+                block = await self._capsule_block(digest)
+                if block is None:
+                    break
+                capsule = block.capsules.get(access.record)
+                if capsule is not None:
+                    return capsule.to_bytes()
+                digest = bytes(block.prev.digest) if block.prev is not None else None
+                seen += 1
+        return None
+
+    async def ciphertext(self, access: Access) -> AsyncIterator[bytes]:
+        if self.store is None:
+            raise NotFoundError("this gateway has no storage backend")
+        async for piece in self.store.get(access.cid):
+            yield piece
+
+
+class Login(BaseModel):
+    """A signed EIP-4361 message."""
+
+    message: str
+    signature: str
+
+
+def create_app(gateway: Gateway) -> FastAPI:
+    """The FastAPI application serving ``gateway``."""
+    app = FastAPI(
+        title="medmesh consent gateway",
+        version="1",
+        description="Consent-checked access to encrypted medical records (ciphertext and key capsules only).",
+    )
+
+    status_of = {
+        "no_consent": 403,
+        "not_found": 404,
+        "invalid_input": 400,
+        "reverted": 502,
+        "rpc_unavailable": 503,
+    }
+
+    @app.exception_handler(MedmeshError)
+    async def _medmesh_error(request: Request, exc: MedmeshError) -> JSONResponse:
+        status = 401 if isinstance(exc, AuthError) else status_of.get(exc.code, 500)
+        return JSONResponse({"error": exc.code, "message": exc.message}, status_code=status)
+
+    def _token(request: Request) -> str | None:
+        header = request.headers.get("authorization", "")
+        return header[7:].strip() if header.lower().startswith("bearer ") else None
+
+    @app.get("/v1/health")
+    def health() -> dict[str, Any]:
+        return {
+            "status": "ok",
+            "chain_id": gateway.ledger.chain_id,
+            "block": gateway.ledger.block_number(),
+        }
+
+    @app.get("/v1/auth/nonce")
+    def nonce() -> dict[str, Any]:
+        return {
+            "nonce": gateway.sessions.new_nonce(),
+            "domain": gateway.domain,
+            "uri": gateway.uri,
+            "chain_id": gateway.ledger.chain_id,
+        }
+
+    @app.post("/v1/auth/login")
+    def login(body: Login) -> dict[str, Any]:
+        token, session = gateway.sessions.login(body.message, body.signature)
+        return {
+            "token": token,
+            "address": to_checksum_address(session.address),
+            "expires_at": session.expires_at,
+        }
+
+    @app.get("/v1/records/{record}/capsule")
+    async def capsule(record: str, request: Request, purpose: str = "treatment") -> dict[str, Any]:
+        access = gateway.check(_token(request), record, purpose)
+        found = await gateway.capsule_for(access)
+        return {
+            "record": "0x" + access.record.hex(),
+            "cid": str(access.cid),
+            "patient": access.patient,
+            "kind": "0x" + access.kind.hex(),
+            "capsule": base64.b64encode(found).decode() if found else None,
+        }
+
+    @app.get("/v1/records/{record}")
+    async def ciphertext(
+        record: str, request: Request, purpose: str = "treatment"
+    ) -> StreamingResponse:
+        access = gateway.check(_token(request), record, purpose)
+        found = await gateway.capsule_for(access)
+        headers = {"X-Medmesh-Cid": str(access.cid)}
+        if found:
+            headers["X-Medmesh-Capsule"] = base64.b64encode(found).decode()
+        return StreamingResponse(
+            gateway.ciphertext(access), media_type="application/octet-stream", headers=headers
+        )
+
+    return app

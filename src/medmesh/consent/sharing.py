@@ -1,0 +1,218 @@
+"""The record keeper: what a patient's (or provider's) client does with records and consents.
+
+It ties the three planes together for one wallet:
+
+- ``put``: seal the record for its owner and for every grantee whose current kind or
+  all-records grant covers it (so new versions reach current grantees, with a fresh data
+  key, and never revoked ones), store the ciphertext, anchor its CID on the ledger;
+- ``grant``: look up the grantee's registered encryption key, wrap the data key of every
+  record in scope for it (a capsule block in the storage network), then grant on chain with
+  that block's digest;
+- ``revoke``: end the grant on chain (the gateway refuses from the next block on);
+- ``erase``: mark the record erased on chain (no grant reaches it any more) and delete its
+  blocks from the storage nodes that hold them (crypto-shredding: the record's capsules live
+  in its own header and in capsule blocks; without them the ciphertext is noise).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from eth_utils.address import to_checksum_address
+
+from medmesh.consent.capsules import CapsuleBlock
+from medmesh.crypto.capsule import KeyCapsule
+from medmesh.crypto.envelope import NoCapsuleError, wrap_for_record
+from medmesh.crypto.keys import EncryptionPublicKey
+from medmesh.errors import InvalidInputError, NotFoundError
+from medmesh.identity.wallet import Wallet
+from medmesh.ledger.client import Ledger
+from medmesh.ledger.contracts import Purpose, Scope, kind_tag, record_id
+from medmesh.ledger.indexer import Indexer, RecordRow
+from medmesh.ledger.tx import Receipt
+from medmesh.storage.cid import Cid
+from medmesh.storage.client import Client, Source
+
+__all__ = ["GrantResult", "PutRecord", "RecordKeeper"]
+
+PREFIX_BYTES = 64 * 1024  # enough for the capsules and the stream header of any record
+
+
+@dataclass(frozen=True)
+class PutRecord:
+    cid: Cid
+    record: bytes
+    kind: str
+    size: int
+    recipients: int
+    tx: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "cid": str(self.cid),
+            "record": "0x" + self.record.hex(),
+            "kind": self.kind,
+            "size": self.size,
+            "recipients": self.recipients,
+            "tx": self.tx,
+        }
+
+
+@dataclass(frozen=True)
+class GrantResult:
+    grantee: str
+    scope: str
+    purposes: str
+    expiry: int
+    capsules: int
+    capsule_block: str | None
+    tx: str
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+class RecordKeeper:
+    """One wallet's records and consents."""
+
+    def __init__(self, wallet: Wallet, ledger: Ledger, indexer: Indexer, client: Client) -> None:
+        self.wallet = wallet
+        self.ledger = ledger
+        self.indexer = indexer
+        self.client = client
+
+    # -- keys of others ------------------------------------------------------------------------
+
+    def encryption_key_of(self, account: str) -> EncryptionPublicKey:
+        """``account``'s registered encryption key (read from the chain, not the index)."""
+        raw = self.ledger.registry.encryption_key(account)
+        if not any(raw) or not self.ledger.registry.is_registered(account):
+            raise NotFoundError(
+                f"{to_checksum_address(account)} is not registered with an encryption key"
+            )
+        return EncryptionPublicKey.from_bytes("x25519", raw)
+
+    def _covering_grantees(self, patient: str, kind: str) -> list[str]:
+        self.indexer.sync()
+        tag_scope = Scope.kind(kind).word
+        now = time.time()
+        grantees = {
+            g.grantee
+            for g in self.indexer.grants(patient=patient, active_at=now)
+            if not g.break_glass and g.scope in (tag_scope, Scope.all().word)
+        }
+        return sorted(grantees)
+
+    # -- records --------------------------------------------------------------------------------
+
+    def put(
+        self,
+        source: Source,
+        kind: str,
+        *,
+        supersedes: Cid | None = None,
+        patient: str | None = None,
+    ) -> PutRecord:
+        """Seal, store and anchor a record (for ``patient``, when writing as a provider)."""
+        kind_tag(kind)  # validate before any work
+        owner = to_checksum_address(patient) if patient else self.wallet.address
+        recipients = [] if owner == self.wallet.address else [self.encryption_key_of(owner)]
+        for grantee in self._covering_grantees(owner, kind):
+            if grantee != self.wallet.address:
+                recipients.append(self.encryption_key_of(grantee))
+        stored = self.client.put(source, recipients=recipients)
+        previous = record_id(supersedes) if supersedes is not None else b"\0" * 32
+        if owner == self.wallet.address:
+            receipt = self.ledger.records.anchor(stored.cid, kind, previous)
+        else:
+            receipt = self.ledger.records.anchor_for(owner, stored.cid, kind, previous)
+        return PutRecord(
+            stored.cid,
+            record_id(stored.cid),
+            kind,
+            stored.size,
+            len(recipients) + 1,
+            receipt.tx_hash,
+        )
+
+    def records(self, *, include_history: bool = False) -> list[RecordRow]:
+        self.indexer.sync()
+        return self.indexer.records(self.wallet.address, include_history=include_history)
+
+    def _records_in(self, scope: Scope) -> list[RecordRow]:
+        rows = [
+            r
+            for r in self.indexer.records(self.wallet.address, include_history=True)
+            if not r.erased
+        ]
+        if scope.word == Scope.all().word:
+            return rows
+        if scope.word[:28] == b"\0" * 28:
+            return [r for r in rows if r.kind == scope.word[28:]]
+        return [r for r in rows if r.record == scope.word]
+
+    async def _prefix(self, cid: Cid) -> bytes:
+        buf = bytearray()
+        pieces = self.client.store.get(cid)
+        try:
+            async for piece in pieces:
+                buf += piece
+                if len(buf) >= PREFIX_BYTES:
+                    break
+        finally:
+            close = getattr(pieces, "aclose", None)
+            if close is not None:
+                await close()
+        return bytes(buf)
+
+    async def _capsule_block(
+        self, grantee: str, rows: list[RecordRow], key: EncryptionPublicKey
+    ) -> tuple[Cid | None, int]:
+        """Wrap each record's data key for ``key`` and store the capsule block (if any)."""
+        try:
+            capsules = {}
+            for row in rows:
+                capsules[row.record] = self._wrap(await self._prefix(Cid.from_bytes(row.cid)), key)
+            if not capsules:
+                return None, 0
+            return await self.client.aput_block(CapsuleBlock(grantee, capsules).encode()), len(
+                capsules
+            )
+        finally:
+            await self.client.store.close()
+
+    def _wrap(self, prefix: bytes, recipient: EncryptionPublicKey) -> KeyCapsule:
+        for key in reversed(self.wallet.encryption_keys):
+            try:
+                return wrap_for_record(prefix, key, recipient)
+            except NoCapsuleError:
+                continue
+        raise NoCapsuleError("a record in scope was not sealed for this wallet")
+
+    # -- consents -------------------------------------------------------------------------------
+
+    def grant(self, grantee: str, scope: Scope, purposes: Purpose, expiry: int) -> GrantResult:
+        """Give ``grantee`` capsules for the records in ``scope`` and grant on chain."""
+        grantee = to_checksum_address(grantee)
+        if grantee == self.wallet.address:
+            raise InvalidInputError("you always have access to your own records")
+        if expiry <= time.time():
+            raise InvalidInputError("the expiry must be in the future")
+        self.indexer.sync()
+        key = self.encryption_key_of(grantee)
+        rows = self._records_in(scope)
+        if scope.label.startswith("record:") and not rows:
+            raise NotFoundError("no such record of yours on the ledger")
+        stored, count = asyncio.run(self._capsule_block(grantee, rows, key))
+        digest = bytes(stored.digest) if stored is not None else bytes(32)
+        receipt: Receipt = self.ledger.consent.grant(grantee, scope, purposes, expiry, digest)
+        block = str(stored) if stored is not None else None
+        return GrantResult(
+            grantee, scope.label, purposes.names(), expiry, count, block, receipt.tx_hash
+        )
+
+    def revoke(self, grantee: str, scope: Scope) -> str:
+        return self.ledger.consent.revoke(to_checksum_address(grantee), scope).tx_hash
