@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import time
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
 from medmesh.cli.common import errors, out, print_json
 from medmesh.cli.records import keeper
+
+if TYPE_CHECKING:
+    from medmesh.ledger.contracts import Scope
 from medmesh.errors import InvalidInputError
-from medmesh.ledger.contracts import Purpose, Scope
 from medmesh.storage.cid import Cid
 
 app = typer.Typer(help="Grant, revoke and list access to your records.", no_args_is_help=True)
@@ -32,6 +34,8 @@ def parse_duration(text: str) -> int:
 
 def parse_scope(text: str) -> Scope:
     """``all``, ``kind:fhir:Observation``, ``record:<cid>``."""
+    from medmesh.ledger.contracts import Scope
+
     if text == "all":
         return Scope.all()
     if text.startswith("kind:"):
@@ -57,6 +61,8 @@ def grant(
 ) -> None:
     """Let GRANTEE use your records in SCOPE for PURPOSE until the expiry; they get key
     capsules for the records in scope."""
+    from medmesh.ledger.contracts import Purpose
+
     with errors():
         result = keeper(ctx).grant(
             grantee,
@@ -79,6 +85,8 @@ def revoke(
     scope: Annotated[str, typer.Option(help="all | kind:<kind> | record:<cid> | break-glass")],
 ) -> None:
     """End a grant now: the gateway refuses from the next block on."""
+    from medmesh.ledger.contracts import Scope
+
     with errors():
         tx = keeper(ctx).revoke(
             grantee, Scope.break_glass() if scope == "break-glass" else parse_scope(scope)
@@ -89,6 +97,8 @@ def revoke(
 @app.command("list")
 def list_(ctx: typer.Context, json_out: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Who can see your records now."""
+    from medmesh.ledger.contracts import Scope
+
     with errors():
         k = keeper(ctx)
         k.indexer.sync()
