@@ -65,13 +65,13 @@ def spawn_detached(cmd: list[str], log: Path) -> None:
     os.waitpid(pid, 0)
 
 
-def stop(pid: int, marker: str, *, timeout: float = 10.0) -> bool:
-    """SIGTERM the daemon ``pid`` (if it is still the one naming ``marker``), SIGKILL after
-    ``timeout``; True if it was running."""
+def stop(pid: int, marker: str, *, sig: int = signal.SIGTERM, timeout: float = 10.0) -> bool:
+    """Send ``sig`` to the daemon ``pid`` (if it is still the one naming ``marker``), SIGKILL
+    after ``timeout``; True if it was running."""
     if not alive(pid, marker):
         return False
     with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
+        os.kill(pid, sig)
     deadline = time.monotonic() + timeout
     while alive(pid, marker) and time.monotonic() < deadline:
         time.sleep(0.05)

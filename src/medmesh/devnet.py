@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from medmesh.daemons import HOST, alive, free_port, port_free, spawn_detached
+from medmesh.daemons import HOST, alive, free_port, port_free, spawn_detached, stop
 from medmesh.errors import ConfigError, NodeUnavailableError
 
 __all__ = ["DEFAULT_BASE_PORT", "Devnet", "NodeStatus"]
@@ -199,15 +199,7 @@ class Devnet:
         """Stop one node by its recorded PID; True if it was running."""
         for st in self.status():
             if st.index == index and st.running and st.pid is not None:
-                os.kill(st.pid, sig)
-                deadline = time.monotonic() + timeout
-                while alive(st.pid, st.data) and time.monotonic() < deadline:
-                    time.sleep(0.05)
-                if alive(st.pid, st.data):
-                    os.kill(st.pid, signal.SIGKILL)
-                    while alive(st.pid, st.data):
-                        time.sleep(0.05)
-                return True
+                return stop(st.pid, st.data, sig=sig, timeout=timeout)
         return False
 
     def down(self, timeout: float = 10.0) -> int:

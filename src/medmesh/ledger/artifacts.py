@@ -19,7 +19,7 @@ from typing import Any, Final
 
 from medmesh.errors import ConfigError
 
-__all__ = ["CONTRACTS", "Artifact", "contracts_dir", "load", "load_all"]
+__all__ = ["CONTRACTS", "Artifact", "contracts_dir", "fingerprint", "load", "load_all"]
 
 CONTRACTS: Final = ("Registry", "Records", "Consent", "HealthToken")
 ENV_CONTRACTS: Final = "MEDMESH_CONTRACTS"
@@ -43,7 +43,9 @@ def contracts_dir() -> Path:
     return path
 
 
-def _fingerprint(root: Path) -> str:
+def fingerprint(root: Path | None = None) -> str:
+    """Digest of the contract sources and compiler versions (names the build cache)."""
+    root = root or contracts_dir()
     digest = hashlib.sha256()
     for name in ("vyper", "snekmate"):
         digest.update(f"{name}={metadata.version(name)}\n".encode())
@@ -65,7 +67,7 @@ def _compile(root: Path, name: str) -> Artifact:
 def load_all(root: Path | None = None) -> dict[str, Artifact]:
     """Every medmesh contract, compiled (or read from the build cache)."""
     root = root or contracts_dir()
-    cache_file = root.parent / "build" / "contracts" / f"{_fingerprint(root)}.json"
+    cache_file = root.parent / "build" / "contracts" / f"{fingerprint(root)}.json"
     try:
         raw = json.loads(cache_file.read_text())
         return {n: Artifact(n, raw[n]["abi"], bytes.fromhex(raw[n]["bytecode"])) for n in CONTRACTS}

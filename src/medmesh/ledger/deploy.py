@@ -2,7 +2,7 @@
 
 ``addresses.json`` in the home folder::
 
-    {"chain_id": 31337, "genesis": "0x…", "block": 12, "deployer": "0x…",
+    {"chain_id": 31337, "genesis": "0x…", "block": 12 (where deployment began), "deployer": "0x…",
      "fingerprint": "…", "contracts": {"Registry": "0x…", "Records": "0x…", …}}
 
 :func:`ensure_deployed` reuses the book when it still describes the chain (same chain id,
@@ -101,10 +101,6 @@ class AddressBook:
         return all(isinstance(c, str) and len(c) > 2 for c in codes)
 
 
-def _fingerprint() -> str:
-    return artifacts._fingerprint(artifacts.contracts_dir())
-
-
 def deploy(
     sender: TxSender,
     *,
@@ -114,6 +110,7 @@ def deploy(
     """Deploy all medmesh contracts from ``sender`` (who becomes governance)."""
     built = artifacts.load_all()
     rpc = sender.rpc
+    first_block = int(rpc.call("eth_blockNumber"), 16)  # events before this cannot be ours
 
     def _deploy(name: str, types: list[str], args: list[Any]) -> str:
         receipt = sender.deploy(built[name].bytecode, abi_encode(types, args))
@@ -135,9 +132,9 @@ def deploy(
     return AddressBook(
         chain_id=sender.chain_id,
         genesis=genesis["hash"],
-        block=int(rpc.call("eth_blockNumber"), 16),
+        block=first_block,
         deployer=sender.address,
-        fingerprint=_fingerprint(),
+        fingerprint=artifacts.fingerprint(),
         contracts={
             "Registry": registry,
             "Records": records,
@@ -156,7 +153,11 @@ def ensure_deployed(sender: TxSender, path: Path, **kwargs: Any) -> tuple[Addres
         book = AddressBook.load(path)
     except ConfigError:
         book = None
-    if book is not None and book.fingerprint == _fingerprint() and book.describes(sender.rpc):
+    if (
+        book is not None
+        and book.fingerprint == artifacts.fingerprint()
+        and book.describes(sender.rpc)
+    ):
         return book, False
     book = deploy(sender, **kwargs)
     book.save(path)

@@ -265,13 +265,7 @@ class Indexer:
             if on_chain is None or on_chain["hash"] != block_hash:
                 self._reset()
                 cursor = None
-        start = (
-            cursor[0] + 1
-            if cursor
-            else self.ledger.book.block - 20
-            if self.ledger.book.block > 20
-            else 0
-        )
+        start = cursor[0] + 1 if cursor else self.ledger.book.block
         applied = 0
         while start <= target:
             end = min(start + MAX_RANGE - 1, target)

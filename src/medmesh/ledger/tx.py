@@ -70,7 +70,7 @@ class KeySigner:
 class Call:
     """A contract call to send as a transaction."""
 
-    to: str
+    to: str | None  # None: create a contract from ``data``
     data: bytes
     gas: int | None = None  # None: estimate
     value: int = 0
@@ -87,10 +87,6 @@ class Receipt:
     status: int
     logs: list[dict[str, Any]] = field(repr=False)
     contract_address: str | None = None
-
-
-def _hex(n: int) -> str:
-    return hex(n)
 
 
 def _parse_receipt(raw: dict[str, Any]) -> Receipt:
@@ -158,24 +154,24 @@ class TxSender:
 
     # -- sending -----------------------------------------------------------------------------
 
+    def _fields(self, call: Call, *, json: bool = False) -> dict[str, Any]:
+        """The call's transaction fields, for signing or (``json``) for eth_estimateGas."""
+        fields: dict[str, Any] = {"data": call.data, "value": call.value}
+        if json:
+            fields = {
+                "from": self.address,
+                "data": "0x" + call.data.hex(),
+                "value": hex(call.value),
+            }
+        if call.to is not None:
+            fields["to"] = to_checksum_address(call.to)
+        return fields
+
     def estimate(self, calls: Sequence[Call]) -> list[int]:
         """Gas limits for ``calls`` (estimated in one batch); raises the first revert."""
         todo = [i for i, c in enumerate(calls) if c.gas is None]
         answers = self.rpc.batch(
-            [
-                (
-                    "eth_estimateGas",
-                    [
-                        {
-                            "from": self.address,
-                            "to": calls[i].to,
-                            "data": "0x" + calls[i].data.hex(),
-                            "value": _hex(calls[i].value),
-                        }
-                    ],
-                )
-                for i in todo
-            ]
+            [("eth_estimateGas", [self._fields(calls[i], json=True)]) for i in todo]
         )
         limits = [c.gas or 0 for c in calls]
         for i, answer in zip(todo, answers, strict=True):
@@ -199,12 +195,10 @@ class TxSender:
         first = self._take_nonces(len(calls))
         raws: list[str] = []
         for offset, (c, gas) in enumerate(zip(calls, limits, strict=True)):
-            tx: dict[str, Any] = {
+            tx = {
+                **self._fields(c),
                 "chainId": self.chain_id,
                 "nonce": first + offset,
-                "to": to_checksum_address(c.to),
-                "data": c.data,
-                "value": c.value,
                 "gas": gas,
                 **fees,
             }
@@ -225,30 +219,7 @@ class TxSender:
         self, bytecode: bytes, constructor_args: bytes = b"", gas: int | None = None
     ) -> Receipt:
         """Deploy a contract and wait for it."""
-        fees = self._fee_fields()
-        data = bytecode + constructor_args
-        if gas is None:
-            estimate = self.rpc.call(
-                "eth_estimateGas", {"from": self.address, "data": "0x" + data.hex()}
-            )
-            gas = int(int(estimate, 16) * GAS_MARGIN)
-        nonce = self._take_nonces(1)
-        tx = {
-            "chainId": self.chain_id,
-            "nonce": nonce,
-            "data": data,
-            "value": 0,
-            "gas": gas,
-            **fees,
-        }
-        raw = "0x" + self._signer.sign_transaction(tx).hex()
-        try:
-            tx_hash = self.rpc.call("eth_sendRawTransaction", raw)
-        except LedgerError:
-            self.resync()
-            raise
-        (receipt,) = self.wait([tx_hash])
-        return receipt
+        return self.transact(Call(None, bytecode + constructor_args, gas=gas, label="deploy"))
 
     # -- confirming --------------------------------------------------------------------------
 
@@ -310,7 +281,7 @@ class TxSender:
                 "data": raw["input"],
                 "value": raw["value"],
             }
-            answer = self.rpc.batch([("eth_call", [replay, _hex(receipt.block_number - 1)])])[0]
+            answer = self.rpc.batch([("eth_call", [replay, hex(receipt.block_number - 1)])])[0]
             if isinstance(answer, RpcCallError):
                 error = answer.to_exception()
                 reason = error.reason if isinstance(error, RevertError) else None

@@ -7,6 +7,7 @@ logged; revocation takes effect at once.
 
 from __future__ import annotations
 
+import base64
 import socket
 import threading
 import time
@@ -70,6 +71,31 @@ class World:
             Indexer(ledger, f"sqlite:///{self.root}/{wallet.address}.db"),
             self.client(wallet),
         )
+
+    def ask(
+        self,
+        record: bytes,
+        token: str | None,
+        *,
+        purpose: str = "treatment",
+        what: str = "/capsule",
+    ) -> requests.Response:
+        """GET a record (``what=""``) or its capsule, with the session ``token`` if any."""
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return requests.get(
+            f"{self.gateway_url}/v1/records/0x{record.hex()}{what}",
+            params={"purpose": purpose},
+            headers=headers,
+            timeout=10,
+        )
+
+    def signed(self, signer: Wallet, *, address: str, domain: str | None = None) -> dict[str, str]:
+        """A login body: a fresh gateway nonce in a message for ``address``, signed by ``signer``."""
+        info = requests.get(f"{self.gateway_url}/v1/auth/nonce", timeout=5).json()
+        msg = new_message(
+            domain or info["domain"], address, info["uri"], info["chain_id"], nonce=info["nonce"]
+        ).to_text()
+        return {"message": msg, "signature": "0x" + signer.sign_message(msg.encode()).hex()}
 
     def login(self, wallet: Wallet, **overrides: object) -> str:
         info = requests.get(f"{self.gateway_url}/v1/auth/nonce", timeout=5).json()
@@ -150,11 +176,10 @@ def test_grant_sign_in_fetch_and_open(world: World) -> None:
     )
     _wait_indexed(world, put.record)
     token = world.login(world.provider)
-    r = requests.get(f"{world.gateway_url}/v1/records/0x{put.record.hex()}", params={"purpose": "treatment"},
-                     headers={"Authorization": f"Bearer {token}"}, timeout=10)  # fmt: skip
+    r = world.ask(put.record, token, what="")
     assert r.status_code == 200, r.text
     assert r.headers["X-Medmesh-Cid"] == str(put.cid)
-    capsule = KeyCapsule.from_bytes(__import__("base64").b64decode(r.headers["X-Medmesh-Capsule"]))
+    capsule = KeyCapsule.from_bytes(base64.b64decode(r.headers["X-Medmesh-Capsule"]))
     opener = RecordOpener(world.provider.encryption_keys, extra=[capsule])
     plain = opener.update(r.content) + opener.finalize()
     assert plain == b"patient lab result: glucose 5.4 mmol/L"
@@ -173,9 +198,7 @@ def test_refusals_are_refused_and_logged(world: World) -> None:
     stranger = world.login(world.stranger)
 
     def ask(record: bytes, purpose: str, tok: str | None) -> int:
-        headers = {"Authorization": f"Bearer {tok}"} if tok else {}
-        return requests.get(f"{world.gateway_url}/v1/records/0x{record.hex()}/capsule", params={"purpose": purpose},
-                            headers=headers, timeout=10).status_code  # fmt: skip
+        return world.ask(record, tok, purpose=purpose).status_code
 
     before = len(world.log.refusals())
     assert ask(put.record, "treatment", token) == 200
@@ -199,58 +222,21 @@ def test_expired_grant_is_refused(world: World) -> None:
     )
     _wait_indexed(world, put.record)
     token = world.login(world.provider)
-    url = f"{world.gateway_url}/v1/records/0x{put.record.hex()}/capsule"
-    assert (
-        requests.get(
-            url,
-            params={"purpose": "treatment"},
-            headers={"Authorization": f"Bearer {token}"},
-            timeout=5,
-        ).status_code
-        == 200
-    )
+    assert world.ask(put.record, token).status_code == 200
     time.sleep(5)
-    assert (
-        requests.get(
-            url,
-            params={"purpose": "treatment"},
-            headers={"Authorization": f"Bearer {token}"},
-            timeout=5,
-        ).status_code
-        == 403
-    )
+    assert world.ask(put.record, token).status_code == 403
 
 
 def test_siwe_replay_and_forgery_are_refused(world: World) -> None:
-    info = requests.get(f"{world.gateway_url}/v1/auth/nonce", timeout=5).json()
-    msg = new_message(
-        info["domain"], world.provider.address, info["uri"], info["chain_id"], nonce=info["nonce"]
-    ).to_text()
-    sig = "0x" + world.provider.sign_message(msg.encode()).hex()
     login = f"{world.gateway_url}/v1/auth/login"
-    assert (
-        requests.post(login, json={"message": msg, "signature": sig}, timeout=5).status_code == 200
-    )
-    assert (
-        requests.post(login, json={"message": msg, "signature": sig}, timeout=5).status_code == 401
-    )  # replay
-    info = requests.get(f"{world.gateway_url}/v1/auth/nonce", timeout=5).json()
-    msg = new_message(
-        info["domain"], world.provider.address, info["uri"], info["chain_id"], nonce=info["nonce"]
-    ).to_text()
-    forged = "0x" + world.stranger.sign_message(msg.encode()).hex()  # signed by someone else
-    assert (
-        requests.post(login, json={"message": msg, "signature": forged}, timeout=5).status_code
-        == 401
-    )
-    info = requests.get(f"{world.gateway_url}/v1/auth/nonce", timeout=5).json()
-    msg = new_message(
-        "evil.example", world.provider.address, info["uri"], info["chain_id"], nonce=info["nonce"]
-    ).to_text()
-    sig = "0x" + world.provider.sign_message(msg.encode()).hex()
-    assert (
-        requests.post(login, json={"message": msg, "signature": sig}, timeout=5).status_code == 401
-    )  # other domain
+    provider = world.provider
+    body = world.signed(provider, address=provider.address)
+    assert requests.post(login, json=body, timeout=5).status_code == 200
+    assert requests.post(login, json=body, timeout=5).status_code == 401  # replay
+    forged = world.signed(world.stranger, address=provider.address)  # signed by someone else
+    assert requests.post(login, json=forged, timeout=5).status_code == 401
+    other_domain = world.signed(provider, address=provider.address, domain="evil.example")
+    assert requests.post(login, json=other_domain, timeout=5).status_code == 401
 
 
 def test_allowed_accesses_reach_the_chain(world: World) -> None:
@@ -259,17 +245,8 @@ def test_allowed_accesses_reach_the_chain(world: World) -> None:
     keeper.grant(world.provider.address, Scope.all(), Purpose.TREATMENT, int(time.time()) + 3600)
     _wait_indexed(world, put.record)
     token = world.login(world.provider)
-    url = f"{world.gateway_url}/v1/records/0x{put.record.hex()}/capsule"
     for _ in range(3):
-        assert (
-            requests.get(
-                url,
-                params={"purpose": "treatment"},
-                headers={"Authorization": f"Bearer {token}"},
-                timeout=5,
-            ).status_code
-            == 200
-        )
+        assert world.ask(put.record, token).status_code == 200
     world.log.flush()
     keeper.indexer.sync()
     rows = [
