@@ -6,7 +6,7 @@
 
         A grant lets `grantee` use the patient's records for some purposes
         (a set of flags) until `expiry`, within a scope:
-        - one record version: scope = the record id, keccak256(cid);
+        - one record version: scope = the record id, keccak256(patient ‖ cid);
         - a kind of record: scope = the 4-byte kind tag in the low bytes of a
           zero word (`kind_scope(kind)`);
         - all records: scope = 0.
@@ -15,8 +15,8 @@
         registered and the record is not erased.
 
         `break_glass` gives a registered provider emergency access to all of a
-        patient's records for the EMERGENCY purpose, for a fixed time, and is
-        always logged with the digest of a reason kept by the institution.
+        patient's records for the EMERGENCY purpose, for a fixed time and only
+        while it keeps the PROVIDER role, and is always logged with the digest of a reason kept by the institution.
 
         Gateways (participants with the GATEWAY role) log every access they
         allow in batches (`log_access`), which with this contract's own events
@@ -206,7 +206,10 @@ def _covers_kind(patient: address, grantee: address, kind: bytes4, purpose: ICon
         return True
     if self._allows(self._key(patient, grantee, ALL), purpose):
         return True
-    return self._allows(self._key(patient, grantee, BREAK_GLASS), purpose)
+    if self._allows(self._key(patient, grantee, BREAK_GLASS), purpose):
+        # emergency access lasts only while the grantee is still a provider
+        return staticcall self.registry.has_role(grantee, IRegistry.Role.PROVIDER)
+    return False
 
 
 @internal

@@ -3,8 +3,10 @@
 @title medmesh Records
 @license Apache-2.0
 @notice Anchors of record versions. A record version is identified by
-        `keccak256(cid)`, the digest of the CID of its (encrypted) content in
-        the storage network. An anchor holds who owns the record (the patient),
+        `keccak256(patient ‖ cid)`: the patient's 20-byte address followed by
+        the binary CID of its (encrypted) content in the storage network.
+        Binding the patient into the id means nobody who sees a CID (in the
+        mempool, say) can anchor it first and so claim or block the record. An anchor holds who owns the record (the patient),
         its kind (a 4-byte tag, `bytes4(keccak256("fhir:Observation"))` and the
         like), when it was anchored and the version it supersedes. The CID
         itself appears only in the `Anchored` event, so that the patient's
@@ -92,7 +94,7 @@ def set_consent(consent: IConsent):
 def anchor(cid: Bytes[MAX_CID], kind: bytes4, supersedes: bytes32) -> bytes32:
     """
     @notice Anchor a version of one of your own records.
-    @return The record id, keccak256(cid).
+    @return The record id, keccak256(patient ‖ cid).
     """
     return self._anchor(msg.sender, cid, kind, supersedes)
 
@@ -110,12 +112,15 @@ def anchor_for(patient: address, cid: Bytes[MAX_CID], kind: bytes4, supersedes: 
 @internal
 def _anchor(patient: address, cid: Bytes[MAX_CID], kind: bytes4, supersedes: bytes32) -> bytes32:
     assert len(cid) > 0, "records: empty cid"
-    record: bytes32 = keccak256(cid)
+    # kind 0 would share its grant scope with ALL (the zero word)
+    assert kind != empty(bytes4), "records: kind 0 is reserved"
+    record: bytes32 = keccak256(concat(convert(patient, bytes20), cid))
     assert self.anchors[record] == 0, "records: already anchored"
     if supersedes != empty(bytes32):
         previous: uint256 = self.anchors[supersedes]
         assert previous != 0, "records: superseded record unknown"
         assert convert(previous & convert(max_value(uint160), uint256), address) == patient, "records: superseded record has another owner"
+        assert convert(convert(previous >> 224, uint32), bytes4) == kind, "records: superseded record is of another kind"
         assert (previous >> 208) & FLAG_SUPERSEDED == 0, "records: already superseded"
         self.anchors[supersedes] = previous | (FLAG_SUPERSEDED << 208)
     self.anchors[record] = (

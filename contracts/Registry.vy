@@ -36,6 +36,9 @@ MAX_URI: constant(uint256) = 256
 roles: public(HashMap[address, IRegistry.Role])
 encryption_key: public(HashMap[address, bytes32])
 metadata_uri: public(HashMap[address, String[MAX_URI]])
+# accounts governance expelled from every role: they may not register again
+# by themselves (which would revive the grants made to them); admit lifts it
+barred: public(HashMap[address, bool])
 
 
 event Registered:
@@ -78,11 +81,12 @@ def __init__(encryption_key: bytes32, metadata_uri: String[MAX_URI]):
 def register(encryption_key: bytes32, metadata_uri: String[MAX_URI]):
     """
     @notice Publish (or replace) your encryption key and metadata. An address
-            with no role yet becomes a patient.
+            with no role yet becomes a patient, unless governance expelled it.
     """
     assert encryption_key != empty(bytes32), "registry: empty encryption key"
     current: IRegistry.Role = self.roles[msg.sender]
     if current == empty(IRegistry.Role):
+        assert not self.barred[msg.sender], "registry: expelled; ask governance to admit you"
         current = IRegistry.Role.PATIENT
         self.roles[msg.sender] = current
     self.encryption_key[msg.sender] = encryption_key
@@ -100,6 +104,8 @@ def admit(account: address, roles: IRegistry.Role):
     assert roles != empty(IRegistry.Role), "registry: no roles"
     updated: IRegistry.Role = self.roles[account] | roles
     self.roles[account] = updated
+    if self.barred[account]:
+        self.barred[account] = False
     if IRegistry.Role.GOVERNANCE in roles:
         access_control._grant_role(GOVERNANCE_ROLE, account)
     log RolesChanged(account=account, by=msg.sender, roles=updated)
@@ -109,13 +115,16 @@ def admit(account: address, roles: IRegistry.Role):
 def expel(account: address, roles: IRegistry.Role):
     """
     @notice Governance removes `roles` from `account`. A participant left with
-            no role is no longer registered: grants to it stop working.
+            no role is no longer registered: grants to it stop working, and
+            it cannot register again by itself.
     """
     access_control._check_role(GOVERNANCE_ROLE, msg.sender)
     assert roles != empty(IRegistry.Role), "registry: no roles"
     assert not (account == msg.sender and IRegistry.Role.GOVERNANCE in roles), "registry: cannot expel yourself from governance"
     updated: IRegistry.Role = self.roles[account] & ~roles
     self.roles[account] = updated
+    if updated == empty(IRegistry.Role):
+        self.barred[account] = True
     if IRegistry.Role.GOVERNANCE in roles:
         access_control._revoke_role(GOVERNANCE_ROLE, account)
     log RolesChanged(account=account, by=msg.sender, roles=updated)

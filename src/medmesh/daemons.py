@@ -20,7 +20,16 @@ HOST: Final = "127.0.0.1"
 
 
 def port_free(port: int, kind: int) -> bool:
+    """True if a server could bind ``port`` (``kind``: ``SOCK_STREAM`` or ``SOCK_DGRAM``) now.
+
+    For TCP the probe sets ``SO_REUSEADDR``, as servers do (Anvil, uvicorn, our storage node):
+    the TIME_WAIT sockets a stopped server leaves on its port for a minute do not count, a
+    listener does. Not for UDP, where ``SO_REUSEADDR`` would let the probe share a port that
+    another socket holds with the same option.
+    """
     with socket.socket(socket.AF_INET, kind) as s:
+        if kind == socket.SOCK_STREAM:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((HOST, port))
         except OSError:

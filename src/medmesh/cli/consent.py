@@ -32,8 +32,8 @@ def parse_duration(text: str) -> int:
     return value * _UNITS[unit]
 
 
-def parse_scope(text: str) -> Scope:
-    """``all``, ``kind:fhir:Observation``, ``record:<cid>``."""
+def parse_scope(text: str, patient: str) -> Scope:
+    """``all``, ``kind:fhir:Observation``, ``record:<cid>`` (a record of ``patient``'s)."""
     from medmesh.ledger.contracts import Scope
 
     if text == "all":
@@ -41,7 +41,7 @@ def parse_scope(text: str) -> Scope:
     if text.startswith("kind:"):
         return Scope.kind(text[5:])
     if text.startswith("record:"):
-        return Scope.record(Cid.parse(text[7:]))
+        return Scope.record(patient, Cid.parse(text[7:]))
     raise InvalidInputError("scope is all, kind:<kind> or record:<cid>")
 
 
@@ -64,9 +64,10 @@ def grant(
     from medmesh.ledger.contracts import Purpose
 
     with errors():
-        result = keeper(ctx).grant(
+        k = keeper(ctx)
+        result = k.grant(
             grantee,
-            parse_scope(scope),
+            parse_scope(scope, k.wallet.address),
             Purpose.parse(purpose),
             int(time.time()) + parse_duration(expires_in),
         )
@@ -88,8 +89,10 @@ def revoke(
     from medmesh.ledger.contracts import Scope
 
     with errors():
-        tx = keeper(ctx).revoke(
-            grantee, Scope.break_glass() if scope == "break-glass" else parse_scope(scope)
+        k = keeper(ctx)
+        tx = k.revoke(
+            grantee,
+            Scope.break_glass() if scope == "break-glass" else parse_scope(scope, k.wallet.address),
         )
     out.print(f"revoked; tx {tx}")
 

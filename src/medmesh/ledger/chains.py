@@ -5,7 +5,7 @@ The local chain is a real EVM node, Anvil (npm ``@foundry-rs/anvil-linux-amd64``
 it under ``<home>/chain/``::
 
     state.json      Anvil's own state file (``--state``, rewritten every second)
-    snapshot.json   the last state.json that parsed, copied with fsync + rename
+    snapshot.json   the last whole state.json, copied with fsync + rename
     durable.json    {"block": N}: every block up to N is in snapshot.json
     chain.json      the running supervisor: pid, anvil pid, RPC URL, chain id
     anvil.log, supervisor.log
@@ -14,7 +14,9 @@ Anvil rewrites ``state.json`` in place (``O_TRUNC``, no fsync), so a crash in th
 a dump would leave a truncated file and an empty chain at the next start. A small supervisor
 process (``python -m medmesh.ledger.chains serve``) therefore runs Anvil as its child, copies
 every complete dump to ``snapshot.json`` durably, restores it before any (re)start, and
-restarts Anvil if it dies. A transaction counts as acknowledged on the local chain once its
+restarts Anvil if it dies: after a failed start (say its port is still held for a moment) it
+waits 0.5 s, doubling up to 10 s, and tries again until it is stopped; ``supervisor.log`` says
+what happened. A transaction counts as acknowledged on the local chain once its
 block is durable (:meth:`LocalChain.wait_durable`): killing Anvil then loses nothing.
 
 Mining is by interval (``--block-time``, 1 s by default), not one block per transaction:
@@ -27,16 +29,19 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import os
+import re
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import IO, Any, Final
 
 from medmesh.daemons import HOST, alive, free_port, port_free, spawn_detached, stop
 from medmesh.errors import ConfigError, LedgerError, RpcUnavailableError
@@ -55,6 +60,11 @@ DEFAULT_CHAIN_ID: Final = 31337
 DEFAULT_BLOCK_TIME: Final = 1.0
 ENV_ANVIL: Final = "MEDMESH_ANVIL"
 _SUPERVISOR_MODULE: Final = "medmesh.ledger.chains"
+RESTART_DELAY_FIRST: Final = 0.5  # seconds before the next start after one failure
+RESTART_DELAY_MAX: Final = 10.0  # ... doubling per failure in a row, up to this
+STABLE_RUN: Final = 30.0  # an Anvil that ran this long before it died is restarted at once
+
+log = logging.getLogger(__name__)
 
 
 def anvil_binary() -> Path:
@@ -99,6 +109,17 @@ class ChainStatus:
         }
 
 
+def restart_delay(failures: int) -> float:
+    """Seconds the supervisor waits before starting Anvil after ``failures`` failures in a row.
+
+    >>> [restart_delay(n) for n in range(8)]
+    [0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 10.0, 10.0]
+    """
+    if failures <= 0:
+        return 0.0
+    return min(RESTART_DELAY_FIRST * 2.0 ** min(failures - 1, 16), RESTART_DELAY_MAX)
+
+
 def _write_atomic(path: Path, data: bytes) -> None:
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
@@ -113,8 +134,33 @@ def _write_atomic(path: Path, data: bytes) -> None:
         os.close(fd)
 
 
+_BEST_BLOCK: Final = re.compile(rb'"best_block_number":\s*(?:"(0x[0-9a-fA-F]+)"|([0-9]+))')
+
+
+def _dump_block(raw: bytes) -> int | None:
+    """The newest block in an Anvil state dump, or None if the dump is not whole: cheap.
+
+    A dump caught mid-write is a prefix of the whole JSON object. The dump holds no braces
+    inside strings (only numbers, hex strings and null), so it is whole when it ends with
+    the ``}`` that brings the brace depth back to zero; counting braces costs a few
+    milliseconds where parsing (:func:`_state_block`) took tens, plus ten times the dump in
+    memory. The block number is then looked up, not parsed out.
+    """
+    body = raw.rstrip()
+    if not (body.startswith(b"{") and body.endswith(b"}")):
+        return None
+    if body.count(b"{") != body.count(b"}"):
+        return None
+    at = body.find(b'"best_block_number"')
+    found = _BEST_BLOCK.match(body, at) if at >= 0 else None
+    if found is None:  # another layout: parse it
+        return _state_block(raw)
+    hex_number, number = found.groups()
+    return int(hex_number, 16) if hex_number else int(number)
+
+
 def _state_block(raw: bytes) -> int | None:
-    """The newest block in an Anvil state dump, or None if the dump is incomplete."""
+    """The newest block in an Anvil state dump, or None if the dump is incomplete (parsed)."""
     try:
         state = json.loads(raw)
         best = state.get("best_block_number")
@@ -216,11 +262,16 @@ class LocalChain:
         self.info_file.unlink(missing_ok=True)
         spawn_detached(cmd, self.root / "supervisor.log")
         deadline = time.monotonic() + timeout
+        info: dict[str, Any] | None = None
         while time.monotonic() < deadline:
             info = self._info()
             if info and info.get("ready"):
                 return self.status()
+            if info and not alive(int(info["pid"]), self._marker()):
+                break  # the supervisor exited
             time.sleep(0.05)
+        if info and info.get("pid"):  # it would keep trying in the background: stop it
+            stop(int(info["pid"]), self._marker(), timeout=20.0)
         raise RpcUnavailableError(
             f"the local chain did not start within {timeout:.0f} s; see {self.root / 'supervisor.log'}"
         )
@@ -266,35 +317,68 @@ class LocalChain:
             return
         if self.snapshot_file.exists():
             shutil.copyfile(self.snapshot_file, self.state_file)
-            print(f"restored {self.state_file.name} from {self.snapshot_file.name}", flush=True)
+            log.warning("restored %s from %s", self.state_file.name, self.snapshot_file.name)
         elif current is not None:
             bad = self.state_file.with_name("state.corrupt.json")
             self.state_file.replace(bad)
-            print(f"moved an unreadable state file to {bad.name}; starting empty", flush=True)
+            log.error("moved an unreadable state file to %s; starting empty", bad.name)
 
-    def _snapshot(self, last: int | None) -> int | None:
-        """Copy a complete state.json to snapshot.json; returns its mtime marker."""
+    def _snapshot(self, last: tuple[int, int] | None) -> tuple[int, int] | None:
+        """Copy a whole state.json to snapshot.json; returns the (mtime, size) it copied.
+
+        Anvil rewrites the file in place: a dump read while it was being rewritten (its
+        mtime or size changed meanwhile) is left for the next pass, as is one not yet whole.
+        """
         try:
-            st = self.state_file.stat()
+            before = self.state_file.stat()
         except FileNotFoundError:
             return last
-        if st.st_mtime_ns == last:
+        seen = (before.st_mtime_ns, before.st_size)
+        if seen == last:
             return last
         raw = self.state_file.read_bytes()
-        block = _state_block(raw)
+        after = self.state_file.stat()
+        if (after.st_mtime_ns, after.st_size) != seen or len(raw) != before.st_size:
+            return last
+        block = _dump_block(raw)
         if block is None:
-            return last  # caught mid-write: the next pass will see the complete file
+            return last  # caught mid-write: the next pass will see the whole file
         _write_atomic(self.snapshot_file, raw)
         _write_atomic(self.durable_file, json.dumps({"block": block, "at": time.time()}).encode())
-        return st.st_mtime_ns
+        return seen
+
+    def _write_info(self, info: dict[str, Any]) -> None:
+        _write_atomic(self.info_file, json.dumps(info, indent=2).encode())
+
+    def _start_anvil(
+        self, cmd: list[str], output: IO[bytes], rpc_url: str, stopping: threading.Event
+    ) -> subprocess.Popen[bytes]:
+        """Restore the newest complete state, start Anvil, return it once it answers.
+
+        Raises (OSError, LedgerError) if it cannot; no Anvil of this attempt is left running.
+        """
+        self._restore()
+        child = subprocess.Popen(cmd, stdout=output, stderr=output, stdin=subprocess.DEVNULL)
+        try:
+            self._wait_rpc(rpc_url, child, stopping=stopping)
+        except BaseException:
+            _end(child)
+            raise
+        return child
 
     def serve(self, anvil: Path, port: int, chain_id: int, block_time: float) -> None:
-        """Run Anvil as a child until SIGTERM; snapshot its state; restart it if it dies."""
-        stopping = False
+        """Run Anvil as a child until SIGTERM; snapshot its state; restart it whenever it dies.
+
+        A start that fails (Anvil exits or does not answer, e.g. while its port is still held
+        by the sockets of the Anvil before it) and an Anvil that dies within
+        :data:`STABLE_RUN` seconds of starting count as failures: the next attempt waits
+        :func:`restart_delay` (0.5 s, doubling up to 10 s). The supervisor keeps trying, and
+        says so in ``supervisor.log``, until it is told to stop.
+        """
+        stopping = threading.Event()
 
         def _stop(signum: int, frame: object) -> None:
-            nonlocal stopping
-            stopping = True
+            stopping.set()
 
         signal.signal(signal.SIGTERM, _stop)
         signal.signal(signal.SIGINT, _stop)
@@ -304,58 +388,107 @@ class LocalChain:
             "--block-time", f"{block_time:g}", "--state", str(self.state_file),
             "--state-interval", "1", "--silent",
         ]  # fmt: skip
-        log = open(self.root / "anvil.log", "ab")  # noqa: SIM115 - lives as long as the loop
-        restarts: list[float] = []
-        last_mtime: int | None = None
+        info: dict[str, Any] = {
+            "pid": os.getpid(), "anvil_pid": None, "rpc_url": rpc_url, "port": port,
+            "chain_id": chain_id, "block_time": block_time, "data": str(self.root), "ready": False,
+        }  # fmt: skip
+        self._write_info(info)  # our pid, before the first start: up() can stop us if it fails
+        anvil_log = open(self.root / "anvil.log", "ab")  # noqa: SIM115 - lives as long as the loop
+        last_copied: tuple[int, int] | None = None
+        snapshot_error: str | None = None
         child: subprocess.Popen[bytes] | None = None
+        started = 0.0  # when the running child answered
+        failures = 0  # failed starts and early deaths since Anvil last ran STABLE_RUN seconds
+        next_start = 0.0
+        log.info("supervising anvil on %s (data: %s)", rpc_url, self.root)
         try:
-            while not stopping:
-                if child is None or child.poll() is not None:
-                    if child is not None:
-                        print(f"anvil exited with {child.returncode}; restarting", flush=True)
-                        restarts = [t for t in restarts if time.monotonic() - t < 60] + [
-                            time.monotonic()
-                        ]
-                        if len(restarts) > 5:
-                            print("anvil keeps dying; giving up", flush=True)
-                            return
-                    self._restore()
-                    child = subprocess.Popen(cmd, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
-                    self._wait_rpc(rpc_url, child)
-                    info = {
-                        "pid": os.getpid(), "anvil_pid": child.pid, "rpc_url": rpc_url,
-                        "port": port, "chain_id": chain_id, "block_time": block_time,
-                        "data": str(self.root), "ready": True,
-                    }  # fmt: skip
-                    _write_atomic(self.info_file, json.dumps(info, indent=2).encode())
-                last_mtime = self._snapshot(last_mtime)
+            while not stopping.is_set():
+                if child is not None and child.poll() is not None:
+                    ran = time.monotonic() - started
+                    failures = 0 if ran >= STABLE_RUN else failures + 1
+                    delay = restart_delay(failures)
+                    log.warning(
+                        "anvil (pid %d) exited with %s after %.1f s; restarting %s",
+                        child.pid, child.returncode, ran,
+                        f"in {delay:g} s ({failures} failure(s) in a row)" if delay else "now",
+                    )  # fmt: skip
+                    child = None
+                    next_start = time.monotonic() + delay
+                    info["anvil_pid"] = None
+                    with contextlib.suppress(OSError):
+                        self._write_info(info)
+                if child is None and time.monotonic() >= next_start:
+                    try:
+                        child = self._start_anvil(cmd, anvil_log, rpc_url, stopping)
+                        info.update(anvil_pid=child.pid, ready=True)
+                        self._write_info(info)
+                    except (OSError, LedgerError) as exc:
+                        if child is not None:
+                            _end(child)
+                            child = None
+                        if stopping.is_set():
+                            break
+                        failures += 1
+                        delay = restart_delay(failures)
+                        next_start = time.monotonic() + delay
+                        log.error(
+                            "anvil did not start (%d failure(s) in a row): %s; "
+                            "trying again in %g s (see anvil.log)",
+                            failures, exc, delay,
+                        )  # fmt: skip
+                    else:
+                        started = time.monotonic()
+                        log.info("anvil (pid %d) answers on %s", child.pid, rpc_url)
+                try:
+                    last_copied = self._snapshot(last_copied)
+                    snapshot_error = None
+                except OSError as exc:  # e.g. a full disk: keep Anvil running, say it once
+                    if str(exc) != snapshot_error:
+                        log.error("cannot snapshot %s: %s", self.state_file.name, exc)
+                    snapshot_error = str(exc)
                 time.sleep(0.2)
         finally:
-            if child is not None and child.poll() is None:
-                child.terminate()  # Anvil dumps its state on a clean exit
-                try:
-                    child.wait(15)
-                except subprocess.TimeoutExpired:
-                    child.kill()
-                    child.wait()
-            self._snapshot(last_mtime)
-            info = self._info() or {}
+            if child is not None:
+                _end(child)  # Anvil dumps its state on a clean exit
+            with contextlib.suppress(OSError):
+                self._snapshot(last_copied)
             info.update(ready=False, anvil_pid=None)
             with contextlib.suppress(OSError):
-                _write_atomic(self.info_file, json.dumps(info, indent=2).encode())
-            log.close()
+                self._write_info(info)
+            anvil_log.close()
+            log.info("stopped")
 
     @staticmethod
-    def _wait_rpc(url: str, child: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
+    def _wait_rpc(
+        url: str,
+        child: subprocess.Popen[bytes],
+        timeout: float = 20.0,
+        *,
+        stopping: threading.Event | None = None,
+    ) -> None:
+        """Return once ``child`` answers JSON-RPC at ``url``; the connection is closed after."""
         deadline = time.monotonic() + timeout
         with Rpc(url, timeout=1.0, retries=1) as rpc:
-            while time.monotonic() < deadline and child.poll() is None:
+            while child.poll() is None:
+                if time.monotonic() > deadline or (stopping is not None and stopping.is_set()):
+                    raise RpcUnavailableError(f"anvil did not answer on {url} within {timeout:g} s")
                 try:
                     rpc.call("eth_chainId")
                     return
                 except RpcUnavailableError:
                     time.sleep(0.05)
-        raise RpcUnavailableError(f"anvil did not answer on {url}")
+        raise RpcUnavailableError(f"anvil exited with {child.returncode} before answering on {url}")
+
+
+def _end(child: subprocess.Popen[bytes]) -> None:
+    """Stop ``child`` (SIGTERM, SIGKILL after 15 s) and reap it."""
+    if child.poll() is None:
+        child.terminate()
+        try:
+            child.wait(15)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -368,6 +501,7 @@ def main(argv: list[str] | None = None) -> None:
     serve.add_argument("--chain-id", type=int, required=True)
     serve.add_argument("--block-time", type=float, default=DEFAULT_BLOCK_TIME)
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     LocalChain(args.root).serve(args.anvil, args.port, args.chain_id, args.block_time)
 
 

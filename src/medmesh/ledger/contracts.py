@@ -9,7 +9,8 @@ forms: ``grant(...)`` sends one transaction and waits for it; ``grant_call(...)`
 Vocabulary shared with the contracts:
 
 - :class:`Role` and :class:`Purpose` mirror the Vyper flags bit for bit;
-- a record id is ``keccak256(cid bytes)`` (:func:`record_id`);
+- a record id is ``keccak256(patient address ‖ cid bytes)`` (:func:`record_id`): binding the
+  patient means a CID seen by others cannot be anchored first by someone else;
 - a kind is a short name (``fhir:Observation``, ``dicom:study``, ``document``) and travels as a
   4-byte tag, ``keccak256(name)[:4]`` (:func:`kind_tag`);
 - a :class:`Scope` is one record, one kind, or all records, as the 32-byte word the contract
@@ -104,9 +105,12 @@ ALL_SCOPE: Final = ZERO
 BREAK_GLASS_SCOPE: Final = keccak(b"medmesh:break-glass")
 
 
-def record_id(cid: bytes | Any) -> bytes:
-    """The on-chain id of a record version: keccak256 of its CID's binary form."""
-    return keccak(bytes(cid))
+def record_id(patient: str, cid: bytes | Any) -> bytes:
+    """The on-chain id of a record version: ``keccak256(patient's 20 bytes ‖ binary CID)``."""
+    owner = bytes.fromhex(patient.removeprefix("0x"))
+    if len(owner) != 20:
+        raise InvalidInputError(f"not an address: {patient!r}")
+    return keccak(owner + bytes(cid))
 
 
 def kind_tag(kind: str) -> bytes:
@@ -132,8 +136,9 @@ class Scope:
         return cls(b"\0" * 28 + kind_tag(kind), f"kind:{kind}")
 
     @classmethod
-    def record(cls, cid: Any) -> Scope:
-        return cls(record_id(cid), f"record:{cid}")
+    def record(cls, patient: str, cid: Any) -> Scope:
+        """One record version of ``patient``'s, named by its CID."""
+        return cls(record_id(patient, cid), f"record:{cid}")
 
     @classmethod
     def break_glass(cls) -> Scope:

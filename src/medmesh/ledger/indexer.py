@@ -13,12 +13,23 @@ everything from the deployment block: the chain is the truth, the index only a c
 
 SQLite (the default, ``index.db`` in the home folder, WAL mode) or PostgreSQL by URL
 (``postgresql+psycopg://user@host/db``), through SQLAlchemy Core: the same statements on both.
+
+Times and expiries are uint64 on the chain (a grant may last "until 2**64 - 1"), beyond the
+signed 64-bit integers of both databases: :class:`UInt64` keeps them as ``NUMERIC(20, 0)`` on
+PostgreSQL and as 20-digit zero-padded text on SQLite, exact and in order either way, so
+comparisons such as "expiry > now" run in SQL (the bound value is converted the same way).
+
+The tables' layout has a version (:data:`SCHEMA_VERSION`, in table ``schema_version``). A
+database of an older layout (or of none: the first indexers had no such table) is dropped
+and indexed again from the chain when opened; one from a newer medmesh is refused.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any, Final
 
 import sqlalchemy as sa
@@ -28,11 +39,53 @@ from medmesh.errors import ConfigError
 from medmesh.ledger.client import Ledger
 from medmesh.ledger.contracts import BREAK_GLASS_SCOPE, Contract, Purpose, Role
 
-__all__ = ["AccessRow", "GrantRow", "Indexer", "RecordRow"]
+__all__ = ["SCHEMA_VERSION", "AccessRow", "GrantRow", "Indexer", "RecordRow", "UInt64"]
 
 MAX_RANGE: Final = 2_000  # blocks per eth_getLogs query
+SCHEMA_VERSION: Final = 3  # 3: consent_log.capsule; 2: uint64 columns as UInt64 (1: BIGINT)
+UINT64_MAX: Final = 2**64 - 1
+
+log = logging.getLogger(__name__)
+
+
+class UInt64(sa.types.TypeDecorator[int]):
+    """An unsigned 64-bit integer column: ``NUMERIC(20, 0)`` on PostgreSQL, and on SQLite
+    (whose integers stop at 2**63 - 1 and whose NUMERIC turns larger ones into floats) text
+    of 20 zero-padded digits, which sorts as the numbers do.
+
+    Values bound against the column (``expiry > now``) are converted the same way, so they
+    must be in range too; an out-of-range value raises ValueError.
+    """
+
+    impl = sa.BigInteger
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: sa.Dialect) -> sa.types.TypeEngine[Any]:
+        if dialect.name == "sqlite":
+            return dialect.type_descriptor(sa.String(20))
+        return dialect.type_descriptor(sa.Numeric(20, 0, asdecimal=True))
+
+    def process_bind_param(self, value: int | None, dialect: sa.Dialect) -> Any:
+        if value is None:
+            return None
+        number = int(value)
+        if not 0 <= number <= UINT64_MAX:
+            raise ValueError(f"{value} is not a uint64")
+        if dialect.name == "sqlite":
+            return f"{number:020d}"
+        return Decimal(number)
+
+    def process_result_value(self, value: Any, dialect: sa.Dialect) -> int | None:
+        return None if value is None else int(value)
+
 
 metadata = sa.MetaData()
+
+schema_t = sa.Table(
+    "schema_version",
+    metadata,
+    sa.Column("version", sa.Integer, primary_key=True),
+)
 
 cursor_t = sa.Table(
     "cursor",
@@ -63,7 +116,7 @@ records_t = sa.Table(
     sa.Column("supersedes", sa.String(66)),
     sa.Column("author", sa.String(42), nullable=False),
     sa.Column("cid", sa.LargeBinary, nullable=False),
-    sa.Column("anchored_at", sa.BigInteger, nullable=False),
+    sa.Column("anchored_at", UInt64, nullable=False),
     sa.Column("block", sa.BigInteger, nullable=False),
     sa.Column("tx", sa.String(66), nullable=False),
     sa.Column("superseded", sa.Boolean, nullable=False, default=False),
@@ -86,7 +139,7 @@ grants_t = sa.Table(  # the current grant per (patient, grantee, scope)
     sa.Column("grantee", sa.String(42), primary_key=True),
     sa.Column("scope", sa.String(66), primary_key=True),
     sa.Column("purposes", sa.Integer, nullable=False),
-    sa.Column("expiry", sa.BigInteger, nullable=False),
+    sa.Column("expiry", UInt64, nullable=False),
     sa.Column("capsule", sa.String(66)),
     sa.Column("break_glass", sa.Boolean, nullable=False, default=False),
     sa.Column("reason", sa.String(66)),
@@ -104,8 +157,9 @@ consent_log_t = sa.Table(  # every Granted / Revoked / BreakGlass, in chain orde
     sa.Column("grantee", sa.String(42), nullable=False),
     sa.Column("scope", sa.String(66), nullable=False),
     sa.Column("purposes", sa.Integer),
-    sa.Column("expiry", sa.BigInteger),
-    sa.Column("at", sa.BigInteger, nullable=False),
+    sa.Column("expiry", UInt64),
+    sa.Column("capsule", sa.String(66)),  # Granted: the capsule block's digest, if any
+    sa.Column("at", UInt64, nullable=False),
     sa.Column("tx", sa.String(66), nullable=False),
 )
 
@@ -118,12 +172,13 @@ access_t = sa.Table(
     sa.Column("accessor", sa.String(42), nullable=False, index=True),
     sa.Column("record", sa.String(66), nullable=False),
     sa.Column("purpose", sa.Integer, nullable=False),
-    sa.Column("at", sa.BigInteger, nullable=False),
+    sa.Column("at", UInt64, nullable=False),
     sa.Column("gateway", sa.String(42), nullable=False),
     sa.Column("tx", sa.String(66), nullable=False),
 )
 
 _STATE_TABLES: Final = (participants_t, records_t, batches_t, grants_t, consent_log_t, access_t)
+_FIRST_TABLES: Final = frozenset({"cursor", *(t.name for t in _STATE_TABLES)})  # schema 1
 
 
 @dataclass(frozen=True)
@@ -210,6 +265,41 @@ def engine_for(url: str) -> sa.Engine:
     return engine
 
 
+def ensure_schema(engine: sa.Engine) -> None:
+    """Create the tables, or drop and create them if an older medmesh wrote them.
+
+    The index is a cache of the chain: after a layout change it is simply built again (the
+    cursor goes with the tables, so the next sync starts at the deployment block).
+    """
+    for attempt in range(2):  # another process may be doing the same at the same moment
+        try:
+            with engine.begin() as conn:
+                tables = set(sa.inspect(conn).get_table_names())
+                version = None
+                if schema_t.name in tables:
+                    version = conn.execute(sa.select(sa.func.max(schema_t.c.version))).scalar()
+                if version == SCHEMA_VERSION:
+                    return
+                if version is not None and version > SCHEMA_VERSION:
+                    raise ConfigError(
+                        f"the indexer database has schema {version}, newer than this medmesh "
+                        f"({SCHEMA_VERSION}); upgrade medmesh or give it another database"
+                    )
+                if tables & (_FIRST_TABLES | {schema_t.name}):
+                    log.warning(
+                        "indexer database schema %s is out of date (now %d): rebuilding the "
+                        "index from the chain", version or 1, SCHEMA_VERSION,
+                    )  # fmt: skip
+                    metadata.drop_all(conn)
+                metadata.create_all(conn)
+                conn.execute(schema_t.delete())
+                conn.execute(sa.insert(schema_t).values(version=SCHEMA_VERSION))
+                return
+        except sa.exc.DBAPIError:
+            if attempt:
+                raise
+
+
 class Indexer:
     """Follows the medmesh contracts of ``ledger`` into the database at ``url``."""
 
@@ -219,7 +309,11 @@ class Indexer:
         self.ledger = ledger
         self.confirmations = confirmations
         self.engine = engine_for(url)
-        metadata.create_all(self.engine)
+        try:
+            ensure_schema(self.engine)
+        except BaseException:
+            self.engine.dispose()
+            raise
         self._contracts: dict[str, Contract] = {
             c.address: c for c in (ledger.registry, ledger.records, ledger.consent, ledger.token)
         }
@@ -440,8 +534,9 @@ class Indexer:
         }  # fmt: skip
         self._set_grant(conn, key, values)
         self._log_consent(
-            conn, "granted", key, m, purposes=values["purposes"], expiry=values["expiry"]
-        )
+            conn, "granted", key, m,
+            purposes=values["purposes"], expiry=values["expiry"], capsule=values["capsule"],
+        )  # fmt: skip
 
     def _on_Revoked(self, conn: sa.Connection, a: dict[str, Any], **m: Any) -> None:
         key = {
@@ -503,7 +598,9 @@ class Indexer:
             query = query.where(grants_t.c.patient == to_checksum_address(patient))
         if grantee:
             query = query.where(grants_t.c.grantee == to_checksum_address(grantee))
-        if active_at is not None:
+        if active_at is not None and active_at >= 0:  # (every uint64 is > a negative time)
+            if active_at >= UINT64_MAX:
+                return []
             query = query.where(grants_t.c.expiry > int(active_at))
         with self.engine.connect() as conn:
             rows = conn.execute(query.order_by(grants_t.c.block)).mappings().all()
@@ -549,7 +646,9 @@ class Indexer:
             query = query.where(access_t.c.accessor == to_checksum_address(accessor))
         if record:
             query = query.where(access_t.c.record == _hex(record))
-        if since is not None:
+        if since is not None and since > 0:  # (every uint64 is >= 0)
+            if since > UINT64_MAX:
+                return []
             query = query.where(access_t.c.at >= since)
         query = query.order_by(access_t.c.block.desc(), access_t.c.log_index.desc()).limit(limit)
         with self.engine.connect() as conn:
@@ -576,6 +675,23 @@ class Indexer:
                 .order_by(consent_log_t.c.block, consent_log_t.c.log_index)
             ).mappings()
             return [dict(r) for r in rows]
+
+    def capsule_refs(self, patient: str) -> list[bytes]:
+        """Every capsule block digest ``patient``'s grants ever referenced (current, replaced,
+        revoked or expired), oldest first: what erasing a record must look through."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(consent_log_t.c.capsule)
+                .where(
+                    consent_log_t.c.patient == to_checksum_address(patient),
+                    consent_log_t.c.capsule.is_not(None),
+                )
+                .order_by(consent_log_t.c.block, consent_log_t.c.log_index)
+            ).scalars()
+            seen: dict[bytes, None] = {}
+            for value in rows:
+                seen.setdefault(bytes.fromhex(value[2:]), None)
+        return list(seen)
 
     def records(self, patient: str, *, include_history: bool = False) -> list[RecordRow]:
         """A patient's anchored records (current versions unless ``include_history``)."""

@@ -21,6 +21,7 @@ from typing import Any, Final
 
 import requests
 from eth_abi.abi import decode as abi_decode
+from requests.adapters import HTTPAdapter
 
 from medmesh.errors import LedgerError, RevertError, RpcUnavailableError
 
@@ -84,6 +85,20 @@ class Rpc:
         self._ids = itertools.count(1)
 
     def close(self) -> None:
+        """Close the keep-alive connections now.
+
+        ``Session.close()`` alone only makes urllib3 (2.x) forget its connection pools: their
+        sockets close when a pool is garbage-collected, which a reference cycle (the traceback
+        of a failed attempt holds the pool) can put off for as long as the process lives. An
+        open connection to a local Anvil then outlives it on its port (see ``chains``).
+        """
+        for adapter in self._session.adapters.values():
+            if isinstance(adapter, HTTPAdapter):
+                pools = adapter.poolmanager.pools
+                for key in pools.keys():  # noqa: SIM118 - the container cannot be iterated
+                    pool = pools.get(key)
+                    if pool is not None:
+                        pool.close()
         self._session.close()
 
     def __enter__(self) -> Rpc:

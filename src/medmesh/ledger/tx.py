@@ -11,8 +11,10 @@ Failures are typed and leave nothing half-done:
 
 - a call that would revert is caught by gas estimation, before anything is sent
   (:class:`RevertError` with the contract's reason);
-- a mined transaction that reverted raises :class:`RevertError` too (the reason is recovered
-  by replaying the call), and one that used all its gas raises :class:`OutOfGasError`;
+- a mined transaction that reverted raises :class:`RevertError` too, and one that used all its
+  gas raises :class:`OutOfGasError`. The reason is recovered by tracing the transaction
+  (``debug_traceTransaction``, which sees the state it ran on, earlier transactions of its
+  block included), or, on nodes without ``debug_*``, by replaying it on the block before;
 - a transaction not mined in time raises :class:`TransactionTimeoutError` (it may still be
   mined: the nonce stays used).
 """
@@ -35,7 +37,7 @@ from medmesh.errors import (
     TransactionTimeoutError,
     WrongChainError,
 )
-from medmesh.ledger.rpc import Rpc, RpcCallError
+from medmesh.ledger.rpc import Rpc, RpcCallError, decode_revert
 
 __all__ = ["Call", "KeySigner", "Receipt", "Signer", "TxSender"]
 
@@ -269,22 +271,53 @@ class TxSender:
 
     def _failure(self, receipt: Receipt, call: Call | None) -> LedgerError:
         label = f"{call.label} " if call and call.label else ""
-        raw = self.rpc.call("eth_getTransactionByHash", receipt.tx_hash)
+        raw, trace = self.rpc.batch(
+            [
+                ("eth_getTransactionByHash", [receipt.tx_hash]),
+                ("debug_traceTransaction", [receipt.tx_hash, {"tracer": "callTracer"}]),
+            ]
+        )
+        if isinstance(raw, RpcCallError):
+            raise raw.to_exception() from raw
         gas_limit = int(raw["gas"], 16) if raw else 0
         if gas_limit and receipt.gas_used >= gas_limit:
             return OutOfGasError(f"{label}ran out of gas ({gas_limit} gas) in {receipt.tx_hash}")
-        reason: str | None = None
-        if raw:
-            replay = {
-                "from": raw["from"],
-                "to": raw["to"],
-                "data": raw["input"],
-                "value": raw["value"],
-            }
-            answer = self.rpc.batch([("eth_call", [replay, hex(receipt.block_number - 1)])])[0]
-            if isinstance(answer, RpcCallError):
-                error = answer.to_exception()
-                reason = error.reason if isinstance(error, RevertError) else None
+        if isinstance(trace, dict):
+            reason = _traced_reason(trace)
+        else:  # no debug_* on this node (Besu and geth may disable it): replay instead
+            reason = self._replayed_reason(raw, receipt.block_number) if raw else None
         return RevertError(
             reason, f"{label}reverted in {receipt.tx_hash}" + (f": {reason}" if reason else "")
         )
+
+    def _replayed_reason(self, raw: dict[str, Any], block_number: int) -> str | None:
+        """The reason the transaction ``raw`` gives when called again on its block's parent.
+
+        The parent's state is what the transaction ran on only if it came first in its block:
+        one failing because of an earlier transaction of the same block replays fine here.
+        """
+        replay = {"from": raw["from"], "to": raw["to"], "data": raw["input"], "value": raw["value"]}
+        answer = self.rpc.batch([("eth_call", [replay, hex(block_number - 1)])])[0]
+        if isinstance(answer, RpcCallError):
+            error = answer.to_exception()
+            return error.reason if isinstance(error, RevertError) else None
+        return None
+
+
+def _traced_reason(trace: dict[str, Any]) -> str | None:
+    """The revert reason in a ``callTracer`` trace of a failed transaction.
+
+    The trace ran on the state the transaction really saw, earlier transactions of its block
+    included. ``output`` holds the revert data (decoded like every other revert);
+    ``revertReason`` is the node's own decoding of an ``Error(string)``, kept if ours has none.
+    """
+    output = trace.get("output")
+    if isinstance(output, str) and output.startswith("0x"):
+        try:
+            reason = decode_revert(bytes.fromhex(output[2:]))
+        except ValueError:  # not hex: fall through to the node's decoding
+            reason = None
+        if reason:
+            return reason
+    node_reason = trace.get("revertReason")
+    return node_reason if isinstance(node_reason, str) and node_reason else None

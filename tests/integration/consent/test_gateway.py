@@ -172,7 +172,10 @@ def test_grant_sign_in_fetch_and_open(world: World) -> None:
     keeper = world.keeper(world.patient)
     put = keeper.put(b"patient lab result: glucose 5.4 mmol/L", "fhir:Observation")
     keeper.grant(
-        world.provider.address, Scope.record(put.cid), Purpose.TREATMENT, int(time.time()) + 3600
+        world.provider.address,
+        Scope.record(world.patient.address, put.cid),
+        Purpose.TREATMENT,
+        int(time.time()) + 3600,
     )
     _wait_indexed(world, put.record)
     token = world.login(world.provider)
@@ -191,7 +194,10 @@ def test_refusals_are_refused_and_logged(world: World) -> None:
     put = keeper.put(b"another record", "fhir:Condition")
     other = keeper.put(b"a third record", "fhir:Condition")
     keeper.grant(
-        world.provider.address, Scope.record(put.cid), Purpose.TREATMENT, int(time.time()) + 3600
+        world.provider.address,
+        Scope.record(world.patient.address, put.cid),
+        Purpose.TREATMENT,
+        int(time.time()) + 3600,
     )
     _wait_indexed(world, other.record)
     token = world.login(world.provider)
@@ -210,7 +216,7 @@ def test_refusals_are_refused_and_logged(world: World) -> None:
     assert ask(b"\x11" * 32, "treatment", token) == 404
     assert len(world.log.refusals()) == before + 6
     # revocation: refused as soon as the revoke is mined
-    keeper.revoke(world.provider.address, Scope.record(put.cid))
+    keeper.revoke(world.provider.address, Scope.record(world.patient.address, put.cid))
     assert ask(put.record, "treatment", token) == 403
 
 
@@ -218,7 +224,10 @@ def test_expired_grant_is_refused(world: World) -> None:
     keeper = world.keeper(world.patient)
     put = keeper.put(b"short-lived", "fhir:Observation")
     keeper.grant(
-        world.provider.address, Scope.record(put.cid), Purpose.TREATMENT, int(time.time()) + 3
+        world.provider.address,
+        Scope.record(world.patient.address, put.cid),
+        Purpose.TREATMENT,
+        int(time.time()) + 3,
     )
     _wait_indexed(world, put.record)
     token = world.login(world.provider)
@@ -255,4 +264,4 @@ def test_allowed_accesses_reach_the_chain(world: World) -> None:
     assert len(rows) == 3
     assert {a.accessor for a in rows} == {world.provider.address}
     assert all(a.purpose == Purpose.TREATMENT for a in rows)
-    assert record_id(put.cid) == put.record
+    assert record_id(world.patient.address, put.cid) == put.record

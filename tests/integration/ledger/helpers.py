@@ -65,6 +65,22 @@ def exited(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
 
 
+def connections(pid: int, port: int) -> int:
+    """How many TCP sockets of ``pid`` are connected to ``port`` on this host (from /proc)."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                inodes.add(target.removeprefix("socket:[").removesuffix("]"))
+    count = 0
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()  # sl local remote state ... uid timeout inode
+        if int(fields[2].rsplit(":", 1)[1], 16) == port and fields[9] in inodes:
+            count += 1
+    return count
+
+
 def stop_chain(chain: LocalChain, seen_pids: set[int] | None = None) -> None:
     """``down()``, then SIGKILL whatever of this chain still runs (checked by command line)."""
     with contextlib.suppress(Exception):

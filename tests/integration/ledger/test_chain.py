@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from medmesh.daemons import HOST, alive
-from medmesh.errors import ConfigError, RpcUnavailableError
+from medmesh.daemons import HOST, alive, port_free
+from medmesh.errors import RpcUnavailableError
 from medmesh.identity import Wallet
 from medmesh.ledger import chains
-from medmesh.ledger.chains import DEFAULT_CHAIN_ID, LocalChain
+from medmesh.ledger.chains import DEFAULT_CHAIN_ID, LocalChain, restart_delay
 from medmesh.ledger.client import Ledger
 from medmesh.ledger.contracts import Purpose, Scope, kind_tag, record_id
 from medmesh.ledger.deploy import ensure_deployed
@@ -32,6 +32,7 @@ from tests.integration.ledger.helpers import (
     HOUR,
     Net,
     block_number,
+    connections,
     exited,
     running_net,
     stop_chain,
@@ -39,28 +40,6 @@ from tests.integration.ledger.helpers import (
 )
 
 pytestmark = pytest.mark.slow
-
-
-def _port_free_reusing(port: int, kind: int) -> bool:
-    """``port_free`` with SO_REUSEADDR: TIME_WAIT leftovers do not count, a listener does."""
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((HOST, port))
-        except OSError:
-            return False
-    return True
-
-
-@pytest.fixture
-def restartable(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Work around the bug shown by ``test_up_right_after_down_keeps_the_port``.
-
-    After ``down()``, the chain's port holds server-side TIME_WAIT sockets for a minute (the
-    supervisor itself leaves a keep-alive connection open), and ``up()`` refuses the port.
-    Anvil binds with SO_REUSEADDR and starts fine there; only the pre-check is wrong.
-    """
-    monkeypatch.setattr(chains, "port_free", _port_free_reusing)
 
 
 def cid(n: int) -> bytes:
@@ -98,7 +77,10 @@ class Acknowledged:
         receipts += ledger.transact_many(
             [
                 ledger.consent.grant_call(
-                    self.doctor.address, Scope.record(self.cids[0]), Purpose.TREATMENT, self.expiry
+                    self.doctor.address,
+                    Scope.record(self.patient.address, self.cids[0]),
+                    Purpose.TREATMENT,
+                    self.expiry,
                 ),
                 ledger.consent.grant_call(
                     self.doctor.address, Scope.kind("dicom:study"), Purpose.RESEARCH, self.expiry
@@ -121,11 +103,11 @@ class Acknowledged:
         """Every acknowledged anchor and grant is on the chain behind ``ledger``."""
         p, doctor, insurer = self.patient.address, self.doctor.address, self.insurer.address
         for c, kind, at in zip(self.cids, self.KINDS, self.anchored_at, strict=True):
-            anchor = ledger.records.anchor_of(record_id(c))
+            anchor = ledger.records.anchor_of(record_id(p, c))
             assert (anchor.owner, anchor.kind, anchor.anchored_at) == (p, kind_tag(kind), at)
             assert (anchor.superseded, anchor.erased) == (False, False)
         consent = ledger.consent
-        r1, r2, r3 = (record_id(c) for c in self.cids)
+        r1, r2, r3 = (record_id(p, c) for c in self.cids)
         assert consent.has_access(doctor, r1, Purpose.TREATMENT) is True
         assert consent.has_access(doctor, r1, Purpose.RESEARCH) is False
         assert consent.has_access(doctor, r2, Purpose.RESEARCH) is True
@@ -134,7 +116,7 @@ class Acknowledged:
         for r in (r1, r2, r3):
             assert consent.has_access(insurer, r, Purpose.PAYMENT) is True
             assert consent.has_access(insurer, r, Purpose.TREATMENT) is False
-        assert consent.grant_of(p, doctor, Scope.record(self.cids[0])) == (
+        assert consent.grant_of(p, doctor, Scope.record(p, self.cids[0])) == (
             Purpose.TREATMENT,
             self.expiry,
         )
@@ -145,7 +127,7 @@ class Acknowledged:
         assert consent.grant_of(p, insurer, Scope.all()) == (Purpose.PAYMENT, self.expiry)
 
 
-def test_up_status_down(tmp_path: Path, restartable: None) -> None:
+def test_up_status_down(tmp_path: Path) -> None:
     chain = LocalChain(tmp_path / "chain")
     root = str(chain.root)
     before = chain.status()
@@ -178,6 +160,9 @@ def test_up_status_down(tmp_path: Path, restartable: None) -> None:
             4242,
         )
         assert st.rpc_url == f"http://127.0.0.1:{info['port']}"
+        # the supervisor keeps no connection to Anvil open: if Anvil died, an open connection
+        # would hold the port and fail the restart
+        assert connections(st.pid, int(info["port"])) == 0
         with Rpc(st.rpc_url) as rpc:
             assert int(rpc.call("eth_chainId"), 16) == 4242
             first = block_number(rpc)
@@ -190,7 +175,14 @@ def test_up_status_down(tmp_path: Path, restartable: None) -> None:
         durable = wait_until(chain.durable_block, 10.0, "the first durable snapshot")
         assert isinstance(durable, int)
         assert (chain.status().durable_block or 0) >= durable  # it only grows
-        assert json.loads(chain.snapshot_file.read_bytes())["best_block_number"] >= durable
+        snapshot = chain.snapshot_file.read_bytes()
+        assert json.loads(snapshot)["best_block_number"] >= durable
+        # it tells a whole dump from one caught mid-write without parsing it
+        assert chains._dump_block(snapshot) == json.loads(snapshot)["best_block_number"]
+        # (cut after each closing brace but the last)
+        cuts = [i + 1 for i, byte in enumerate(snapshot.rstrip()) if byte == ord("}")][:-1]
+        assert len(cuts) > 10
+        assert [chains._dump_block(snapshot[:i]) for i in [0, *cuts]] == [None] * (len(cuts) + 1)
 
         assert chain.down() is True
         after = chain.status()
@@ -224,7 +216,7 @@ def test_up_status_down(tmp_path: Path, restartable: None) -> None:
     assert chain.status().running is False
 
 
-def test_restart_keeps_data_and_address_book(tmp_path: Path, restartable: None) -> None:
+def test_restart_keeps_data_and_address_book(tmp_path: Path) -> None:
     with running_net(tmp_path / "chain") as net:
         acked = Acknowledged(net)
         assert (net.chain.durable_block() or 0) >= acked.block
@@ -257,7 +249,9 @@ def test_restart_keeps_data_and_address_book(tmp_path: Path, restartable: None) 
         assert receipt.block_number > acked.block
         assert (
             patient.consent.has_access(
-                acked.insurer.address, record_id(acked.cids[0]), Purpose.PAYMENT
+                acked.insurer.address,
+                record_id(acked.patient.address, acked.cids[0]),
+                Purpose.PAYMENT,
             )
             is False
         )
@@ -308,7 +302,7 @@ def test_killed_anvil_loses_nothing_acknowledged_and_the_indexer_follows(tmp_pat
             assert not alive(st.anvil_pid, str(net.chain.state_file))
 
             acked.check(net.ledger())
-            anchor = patient.records.anchor_of(record_id(cid(4)))
+            anchor = patient.records.anchor_of(record_id(acked.patient.address, cid(4)))
             assert (anchor.owner, anchor.kind) == (acked.patient.address, kind_tag("document"))
             assert (net.chain.durable_block() or 0) >= last.block_number
 
@@ -329,7 +323,7 @@ def test_killed_anvil_loses_nothing_acknowledged_and_the_indexer_follows(tmp_pat
             assert grants == {
                 (
                     acked.doctor.address,
-                    Scope.record(acked.cids[0]).word,
+                    Scope.record(p, acked.cids[0]).word,
                     Purpose.TREATMENT,
                     acked.expiry,
                 ),
@@ -358,7 +352,7 @@ def test_killed_anvil_loses_nothing_acknowledged_and_the_indexer_follows(tmp_pat
             fresh.close()
 
 
-def test_supervisor_and_anvil_killed_then_up_again(tmp_path: Path, restartable: None) -> None:
+def test_supervisor_and_anvil_killed_then_up_again(tmp_path: Path) -> None:
     with running_net(tmp_path / "chain") as net:
         acked = Acknowledged(net)
         info = json.loads(net.chain.info_file.read_text())
@@ -377,7 +371,7 @@ def test_supervisor_and_anvil_killed_then_up_again(tmp_path: Path, restartable: 
         # sockets of killed processes linger for a moment (FIN-WAIT, LAST-ACK): a restart
         # after a crash is never that quick, and up() would call the port taken meanwhile
         port = int(info["port"])
-        wait_until(lambda: _port_free_reusing(port, socket.SOCK_STREAM), 10.0, "the port")
+        wait_until(lambda: port_free(port, socket.SOCK_STREAM), 10.0, "the port")
 
         st = net.chain.up(port=0, block_time=BLOCK_TIME)
         net.remember_pids()
@@ -385,16 +379,14 @@ def test_supervisor_and_anvil_killed_then_up_again(tmp_path: Path, restartable: 
         assert st.pid not in (None, supervisor) and st.anvil_pid not in (None, anvil)
         assert (st.block or 0) >= last.block_number
         acked.check(net.ledger())
-        anchor = net.ledger().records.anchor_of(record_id(cid(4)))
+        anchor = net.ledger().records.anchor_of(record_id(acked.patient.address, cid(4)))
         assert (anchor.owner, anchor.kind) == (acked.patient.address, kind_tag("document"))
         book, deployed_now = ensure_deployed(TxSender(net.rpc(), net.governance), net.book_path)
         assert (book, deployed_now) == (net.book, False)
 
 
 @pytest.mark.parametrize("damage", ["truncated", "garbage"])
-def test_corrupt_state_file_is_restored_from_snapshot(
-    tmp_path: Path, damage: str, restartable: None
-) -> None:
+def test_corrupt_state_file_is_restored_from_snapshot(tmp_path: Path, damage: str) -> None:
     with running_net(tmp_path / "chain") as net:
         acked = Acknowledged(net)
         net.close_clients()  # (see Net.close_clients)
@@ -417,15 +409,6 @@ def test_corrupt_state_file_is_restored_from_snapshot(
             assert block_number(rpc) >= acked.block
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ConfigError,
-    reason=(
-        "medmesh.daemons.port_free binds without SO_REUSEADDR: the server-side TIME_WAIT "
-        "sockets left on the chain's port when Anvil stops with keep-alive connections open "
-        "(any client's, and the supervisor's own) make up() refuse the port for ~60 s"
-    ),
-)
 def test_up_right_after_down_keeps_the_port(tmp_path: Path) -> None:
     chain = LocalChain(tmp_path / "chain")
     seen: set[int] = set()
@@ -438,7 +421,7 @@ def test_up_right_after_down_keeps_the_port(tmp_path: Path) -> None:
         block_number(rpc)
         assert chain.down() is True
 
-        again = chain.up(port=0, block_time=BLOCK_TIME)  # ConfigError: "port … is taken"
+        again = chain.up(port=0, block_time=BLOCK_TIME)  # the port is kept, TIME_WAIT or not
         seen |= {p for p in (again.pid, again.anvil_pid) if p}
         assert (again.running, again.rpc_url) == (True, st.rpc_url)
     finally:
@@ -447,15 +430,11 @@ def test_up_right_after_down_keeps_the_port(tmp_path: Path) -> None:
         stop_chain(chain, seen)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason=(
-        "LocalChain.serve lets the RpcUnavailableError of _wait_rpc escape when a restarted "
-        "Anvil exits before answering (here: its port is briefly held), so the supervisor "
-        "dies instead of retrying: one failed restart stops the chain for good"
-    ),
-)
+def test_restart_delay_doubles_up_to_ten_seconds() -> None:
+    assert [restart_delay(n) for n in range(8)] == [0, 0.5, 1, 2, 4, 8, 10, 10]
+    assert restart_delay(10_000) == 10
+
+
 def test_supervisor_survives_a_failed_anvil_restart(tmp_path: Path) -> None:
     chain = LocalChain(tmp_path / "chain")
     seen: set[int] = set()
@@ -470,7 +449,7 @@ def test_supervisor_survives_a_failed_anvil_restart(tmp_path: Path) -> None:
         os.kill(supervisor, signal.SIGSTOP)  # so that the port can be taken before it restarts
         os.kill(anvil, signal.SIGKILL)
         wait_until(lambda: exited(anvil), 10.0, "Anvil to die")
-        wait_until(lambda: _port_free_reusing(port, socket.SOCK_STREAM), 10.0, "the port")
+        wait_until(lambda: port_free(port, socket.SOCK_STREAM), 10.0, "the port")
         with socket.socket() as squatter:
             squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             squatter.bind((HOST, port))
@@ -491,8 +470,12 @@ def test_supervisor_survives_a_failed_anvil_restart(tmp_path: Path) -> None:
         wait_until(settled, 20.0, "the supervisor to restart Anvil or die")
         net_status = chain.status()
         seen |= {p for p in (net_status.pid, net_status.anvil_pid) if p}
-        assert not exited(supervisor), (chain.root / "supervisor.log").read_text()[-400:]
+        supervisor_log = (chain.root / "supervisor.log").read_text()
+        assert not exited(supervisor), supervisor_log[-400:]
         assert net_status.running is True and net_status.block is not None
+        assert "anvil did not start" in supervisor_log
+        assert supervisor_log.count(" answers on ") >= 2
+        assert connections(supervisor, port) == 0
     finally:
         if supervisor and not exited(supervisor):
             os.kill(supervisor, signal.SIGCONT)

@@ -10,6 +10,7 @@ import dataclasses
 import re
 import socket
 import time
+from typing import Any
 
 import pytest
 from eth_abi.abi import decode as abi_decode
@@ -20,7 +21,7 @@ from medmesh.daemons import free_port
 from medmesh.errors import OutOfGasError, RevertError, RpcUnavailableError, WrongChainError
 from medmesh.ledger.client import Ledger
 from medmesh.ledger.contracts import Purpose, Scope
-from medmesh.ledger.rpc import Rpc
+from medmesh.ledger.rpc import Rpc, RpcCallError
 from medmesh.ledger.tx import TxSender
 from tests.integration.ledger.helpers import (
     HOUR,
@@ -201,15 +202,43 @@ def test_reverting_call_in_a_batch_sends_nothing(net: Net) -> None:
     assert ledger.consent.grant_of(p, d, Scope.kind("dicom:study")) == (Purpose.RESEARCH, expiry)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason=(
-        "TxSender._failure replays a failed transaction with eth_call at block N-1, the state "
-        "before its block rather than before the transaction: a call that reverts because of "
-        "an earlier transaction of the same block replays fine, and the reason is lost"
-    ),
-)
+class NoDebugRpc(Rpc):
+    """An endpoint refusing ``debug_*``, as Besu and geth do unless the namespace is enabled."""
+
+    def batch(self, calls: list[tuple[str, list[Any]]]) -> list[Any]:
+        sent = [("eth_chainId", []) if m.startswith("debug_") else (m, p) for m, p in calls]
+        answers = super().batch(sent)
+        return [
+            RpcCallError(-32601, f"the method {m} does not exist/is not available")
+            if m.startswith("debug_")
+            else answer
+            for (m, _), answer in zip(calls, answers, strict=True)
+        ]
+
+
+@pytest.mark.parametrize("debug", [True, False], ids=["traced", "replayed"])
+def test_revert_reason_of_a_mined_call(net: Net, debug: bool) -> None:
+    patient, doctor = net.wallets(2)
+    ledger = net.ledger(patient)
+    rpc = NoDebugRpc(net.url) if not debug else net.rpc()
+    net.clients.append(rpc)
+    sender = TxSender(rpc, patient)
+    # a gas limit skips estimation, which would catch the revert before sending
+    revoke = dataclasses.replace(
+        ledger.consent.tx("revoke", doctor.address, Scope.all().word), gas=200_000
+    )
+
+    with pytest.raises(RevertError) as info:
+        sender.transact(revoke)
+    match = re.fullmatch(
+        r"revoke reverted in (0x[0-9a-f]{64}): consent: no such grant", str(info.value)
+    )
+    assert match is not None, str(info.value)
+    assert info.value.reason == "consent: no such grant"
+    assert rpc.call("eth_getTransactionReceipt", match[1])["status"] == "0x0"
+    assert nonce(rpc, patient.address, "latest") == 1  # mined: the nonce is used
+
+
 def test_revert_reason_of_a_call_failing_after_another_in_the_same_block(net: Net) -> None:
     patient, doctor = net.wallets(2)
     ledger = net.ledger(patient)
@@ -231,5 +260,5 @@ def test_revert_reason_of_a_call_failing_after_another_in_the_same_block(net: Ne
 
     with pytest.raises(RevertError) as info:
         ledger.sender.wait(hashes, calls=[revoke, revoke])
-    assert info.value.reason == "consent: no such grant"  # today: None
+    assert info.value.reason == "consent: no such grant"  # traced: a replay would find none
     assert str(info.value) == f"revoke reverted in {hashes[1]}: consent: no such grant"

@@ -21,11 +21,20 @@ import pytest
 import sqlalchemy as sa
 from eth_utils.crypto import keccak
 
+from medmesh.errors import ConfigError
 from medmesh.identity import Wallet
 from medmesh.ledger.client import Ledger
 from medmesh.ledger.contracts import BREAK_GLASS_SCOPE, Purpose, Role, Scope, kind_tag, record_id
 from medmesh.ledger.deploy import BREAK_GLASS_SECONDS
-from medmesh.ledger.indexer import AccessRow, GrantRow, Indexer, RecordRow
+from medmesh.ledger.indexer import (
+    SCHEMA_VERSION,
+    AccessRow,
+    GrantRow,
+    Indexer,
+    RecordRow,
+    UInt64,
+)
+from medmesh.ledger.indexer import metadata as indexer_schema
 from medmesh.ledger.tx import Call, Receipt
 from tests.integration.ledger.helpers import (
     HOUR,
@@ -132,17 +141,23 @@ def scenario(net: Net) -> Scenario:
     short_expiry = int(time.time()) + 3
     at = int(time.time())
     access_entries = [
-        (patient.address, doctor.address, record_id(c1v2), Purpose.TREATMENT, at),
-        (patient.address, researcher.address, record_id(c2), Purpose.RESEARCH, at + 1),
-        (other.address, doctor.address, record_id(cq), Purpose.EMERGENCY, at + 2),
+        (patient.address, doctor.address, record_id(patient.address, c1v2), Purpose.TREATMENT, at),
+        (
+            patient.address,
+            researcher.address,
+            record_id(patient.address, c2),
+            Purpose.RESEARCH,
+            at + 1,
+        ),
+        (other.address, doctor.address, record_id(other.address, cq), Purpose.EMERGENCY, at + 2),
     ]
     p3, d3, g3 = send_all(
         [
             (
                 P,
                 [
-                    P.records.anchor_call(c1v2, "fhir:Observation", record_id(c1)),
-                    P.records.tx("erase", record_id(c3)),
+                    P.records.anchor_call(c1v2, "fhir:Observation", record_id(patient.address, c1)),
+                    P.records.tx("erase", record_id(patient.address, c3)),
                     P.consent.grant_call(
                         doctor.address, Scope.all(), Purpose.TREATMENT, expiry, CAPSULE
                     ),
@@ -163,7 +178,13 @@ def scenario(net: Net) -> Scenario:
     )
 
     # 4. a revocation; one more access log
-    late = (patient.address, doctor.address, record_id(c1), Purpose.TREATMENT, at + 3)
+    late = (
+        patient.address,
+        doctor.address,
+        record_id(patient.address, c1),
+        Purpose.TREATMENT,
+        at + 3,
+    )
     p4, g4 = send_all(
         [
             (P, [P.consent.tx("revoke", researcher.address, ALL)]),
@@ -174,7 +195,7 @@ def scenario(net: Net) -> Scenario:
     # expected answers, from the receipts
     def record_row(c: bytes, owner: Wallet, kind: str, receipt: Receipt, **flags: Any) -> RecordRow:
         return RecordRow(
-            record_id(c), owner.address, kind_tag(kind), flags.pop("supersedes", None),
+            record_id(owner.address, c), owner.address, kind_tag(kind), flags.pop("supersedes", None),
             owner.address, c, timestamp(receipt.block_number),
             flags.get("superseded", False), flags.get("erased", False),
         )  # fmt: skip
@@ -183,7 +204,9 @@ def scenario(net: Net) -> Scenario:
         "c1": record_row(c1, patient, "fhir:Observation", p_anchors[1], superseded=True),
         "c2": record_row(c2, patient, "dicom:study", p_anchors[2]),
         "c3": record_row(c3, patient, "document", p_anchors[3], erased=True),
-        "c1v2": record_row(c1v2, patient, "fhir:Observation", p3[0], supersedes=record_id(c1)),
+        "c1v2": record_row(
+            c1v2, patient, "fhir:Observation", p3[0], supersedes=record_id(patient.address, c1)
+        ),
         "cq": record_row(cq, other, "fhir:Observation", q_anchors[1]),
     }
 
@@ -293,12 +316,14 @@ def test_follows_every_event_and_answers_queries(
         g["break-glass"],
     }
     assert ix.capsule_ref(p, s.doctor.address, ALL) == CAPSULE
+    assert ix.capsule_refs(p) == [CAPSULE]  # every digest ever referenced, once
+    assert ix.capsule_refs(s.other.address) == []
     assert ix.capsule_ref(p, s.researcher.address, ALL) is None  # revoked
 
     assert ix.accesses(patient=p) == s.accesses
     assert ix.accesses(patient=s.other.address) == s.other_accesses
     assert ix.accesses(patient=p, accessor=s.researcher.address) == [s.accesses[1]]
-    assert ix.accesses(record=record_id(cid(1))) == [s.accesses[0]]
+    assert ix.accesses(record=record_id(p, cid(1))) == [s.accesses[0]]
     assert ix.accesses(patient=p, limit=1) == [s.accesses[0]]
     assert ix.accesses(patient=p, since=s.accesses[1].at) == s.accesses[:2]
 
@@ -310,8 +335,8 @@ def test_follows_every_event_and_answers_queries(
         [r["c1"], r["c2"], r["c3"], r["c1v2"]], key=lambda x: x.record
     )
     assert ix.records(s.other.address) == [r["cq"]]
-    assert ix.record(record_id(cid(1))) == r["c1"]
-    assert ix.record(record_id(cid(77))) is None
+    assert ix.record(record_id(p, cid(1))) == r["c1"]
+    assert ix.record(record_id(p, cid(77))) is None
 
     assert ix.consent_history(p) == s.history
     assert ix.consent_history(s.other.address) == s.other_history
@@ -343,7 +368,8 @@ def test_reverted_transactions_leave_no_trace(
     calls = [
         dataclasses.replace(ledger.consent.tx("revoke", stranger.address, ALL), gas=200_000),
         dataclasses.replace(
-            ledger.records.anchor_call(cid(20), "document", record_id(cid(21))), gas=200_000
+            ledger.records.anchor_call(cid(20), "document", record_id(someone.address, cid(21))),
+            gas=200_000,
         ),
         dataclasses.replace(
             ledger.consent.log_access_call(
@@ -520,15 +546,6 @@ def forever_net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
         yield n
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason=(
-        "indexer.py stores uint64 event fields (Granted.expiry, AccessLogged.at) in signed "
-        "64-bit BigInteger columns: a value >= 2**63 (e.g. a grant 'until 2**64-1', which "
-        "Consent.grant accepts) makes every sync of that range fail"
-    ),
-)
 def test_indexes_grants_that_never_expire(
     forever_net: Net, db_url: str, indexers: list[Indexer]
 ) -> None:
@@ -539,7 +556,7 @@ def test_indexes_grants_that_never_expire(
     gw = forever_net.ledger(gateway)
     forever = 2**64 - 1
     p, d = patient.address, doctor.address
-    entry = (p, d, record_id(cid(1)), Purpose.TREATMENT, forever)
+    entry = (p, d, record_id(p, cid(1)), Purpose.TREATMENT, forever)
     send_all(
         [
             (ledger, [ledger.consent.grant_call(d, Scope.all(), Purpose.TREATMENT, forever)]),
@@ -550,10 +567,96 @@ def test_indexes_grants_that_never_expire(
 
     ix = open_indexer(indexers, ledger, db_url)
     try:
-        ix.sync()  # today: OverflowError (SQLite) / DataError (PostgreSQL)
+        ix.sync()  # signed BIGINT columns: OverflowError (SQLite) / DataError (PostgreSQL)
     except (OverflowError, sa.exc.DataError) as exc:
         raise AssertionError(f"the indexer cannot store 2**64-1: {exc!r}") from exc
     assert ix.grants(patient=p, active_at=time.time()) == [
         GrantRow(p, d, ALL, Purpose.TREATMENT, forever, None, False)
     ]
     assert [a.at for a in ix.accesses(patient=p)] == [forever]
+    # and compared in SQL, at both ends of the range
+    assert ix.grants(patient=p, active_at=forever - 1) == ix.grants(patient=p)
+    assert ix.grants(patient=p, active_at=forever) == []
+    assert ix.grants(patient=p, active_at=2.0**70) == []
+    assert ix.grants(patient=p, active_at=-1) == ix.grants(patient=p)
+    assert [a.at for a in ix.accesses(patient=p, since=forever)] == [forever]
+    assert ix.accesses(patient=p, since=2**64) == []
+    assert ix.accesses(patient=p, since=-1) == ix.accesses(patient=p)
+
+
+def _write_schema_1(url: str, chain_id: int, registry: str, block: int, block_hash: str) -> None:
+    """The first indexer's tables (uint64 fields in BIGINT, no schema_version table), with a
+    cursor at ``block`` of the current deployment and one row it had indexed."""
+    old = sa.MetaData()
+    for table in indexer_schema.sorted_tables:
+        if table.name != "schema_version":
+            table.to_metadata(old)
+    for table in old.tables.values():
+        for column in table.columns:
+            if isinstance(column.type, UInt64):
+                column.type = sa.BigInteger()
+    engine = sa.create_engine(url)
+    try:
+        old.create_all(engine)
+        with engine.begin() as conn:
+            conn.execute(
+                old.tables["cursor"]
+                .insert()
+                .values(
+                    id=1, chain_id=chain_id, registry=registry, block=block, block_hash=block_hash
+                )
+            )
+            conn.execute(
+                old.tables["batches"]
+                .insert()
+                .values(root="0x" + "ab" * 32, author="0x" + "00" * 20, count=1, block=block)
+            )
+    finally:
+        engine.dispose()
+
+
+def test_an_index_of_the_first_schema_is_built_again(
+    net: Net, scenario: Scenario, db_url: str, tmp_path: Path, indexers: list[Indexer]
+) -> None:
+    ledger = net.ledger()
+    head = block_number(net.admin)
+    head_hash = net.admin.call("eth_getBlockByNumber", hex(head), False)["hash"]
+    _write_schema_1(db_url, net.book.chain_id, net.book.contracts["Registry"], head, head_hash)
+
+    ix = open_indexer(indexers, ledger, db_url)
+    # the old cursor (which would have skipped everything up to the head) went with the tables
+    assert ix.indexed_block() is None
+    assert set(ix.counts().values()) == {0}
+    engine = sa.create_engine(db_url)
+    try:
+        with engine.connect() as conn:
+            assert conn.execute(sa.text("SELECT version FROM schema_version")).all() == [
+                (SCHEMA_VERSION,)
+            ]
+    finally:
+        engine.dispose()
+    applied = ix.sync(until=head)
+    fresh = open_indexer(indexers, ledger, f"sqlite:///{tmp_path / 'fresh.db'}")
+    assert applied == fresh.sync(until=head) > 0
+    assert ix.counts() == fresh.counts()
+    assert ix.grants() == fresh.grants()
+    ix.close()
+
+    # opened again, it is the current schema: kept as it is
+    again = open_indexer(indexers, ledger, db_url)
+    assert again.indexed_block() == head
+    assert again.counts() == fresh.counts()
+
+
+def test_an_index_of_a_newer_schema_is_refused(
+    net: Net, db_url: str, indexers: list[Indexer]
+) -> None:
+    open_indexer(indexers, net.ledger(), db_url).close()
+    engine = sa.create_engine(db_url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.text("UPDATE schema_version SET version = 99"))
+    finally:
+        engine.dispose()
+    with pytest.raises(ConfigError, match="schema 99, newer than this medmesh"):
+        Indexer(net.ledger(), db_url)

@@ -130,7 +130,7 @@ def test_anchor_stores_owner_kind_time_and_logs_the_cid(world: World) -> None:
         rid = world.records.anchor(b"bafy-obs-1", OBSERVATION, ZERO32)
     (event,) = world.records.get_logs()
 
-    assert rid == record_id(b"bafy-obs-1")
+    assert rid == record_id(world.patient, b"bafy-obs-1")
     assert world.records.anchor_of(rid) == (world.patient, OBSERVATION, boa.env.timestamp, 0)
     assert type(event).__name__ == "Anchored"
     assert (event.patient, event.record, event.supersedes) == (world.patient, rid, ZERO32)
@@ -145,7 +145,12 @@ def test_anchor_packing_round_trips_kind_and_time(world: World, tag: bytes) -> N
 
 
 def test_anchor_of_unknown_record_is_empty(world: World) -> None:
-    assert world.records.anchor_of(record_id(b"never")) == (ZERO_ADDRESS, b"\x00" * 4, 0, 0)
+    assert world.records.anchor_of(record_id(world.patient, b"never")) == (
+        ZERO_ADDRESS,
+        b"\x00" * 4,
+        0,
+        0,
+    )
 
 
 def test_anchor_refuses_empty_and_duplicate_cids(world: World) -> None:
@@ -168,17 +173,16 @@ def test_an_unregistered_address_may_anchor_its_own_records(world: World) -> Non
     assert world.records.anchor_of(rid)[0] == world.stranger
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="record id = keccak256(cid) is first-come: anyone who sees a CID (e.g. in the mempool) "
-    "can anchor it first, becoming the record's owner and blocking the patient",
-)
 def test_someone_else_anchoring_a_cid_first_does_not_block_the_patient(world: World) -> None:
     """CID squatting: the stranger front-runs the patient's anchor with the same CID."""
     world.anchor(world.stranger, b"bafy-patient-secret", OBSERVATION)
     with boa.env.prank(world.patient):
         rid = world.records.anchor(b"bafy-patient-secret", OBSERVATION, ZERO32)
     assert world.records.anchor_of(rid)[0] == world.patient
+    assert rid == record_id(world.patient, b"bafy-patient-secret")
+    squatted = record_id(world.stranger, b"bafy-patient-secret")
+    assert squatted != rid
+    assert world.records.anchor_of(squatted)[0] == world.stranger
 
 
 # --- supersede chains ---------------------------------------------------------------------
@@ -200,8 +204,8 @@ def test_supersede_chain(world: World) -> None:
 
 def test_supersede_unknown_record(world: World) -> None:
     with boa.env.prank(world.patient), boa.reverts("records: superseded record unknown"):
-        world.records.anchor(b"v2", OBSERVATION, record_id(b"v1"))
-    assert world.records.anchor_of(record_id(b"v2"))[0] == ZERO_ADDRESS
+        world.records.anchor(b"v2", OBSERVATION, record_id(world.patient, b"v1"))
+    assert world.records.anchor_of(record_id(world.patient, b"v2"))[0] == ZERO_ADDRESS
 
 
 def test_supersede_another_patients_record(world: World) -> None:
@@ -219,7 +223,7 @@ def test_supersede_twice(world: World) -> None:
     world.anchor(world.patient, b"v2a", OBSERVATION, supersedes=v1)
     with boa.env.prank(world.patient), boa.reverts("records: already superseded"):
         world.records.anchor(b"v2b", OBSERVATION, v1)
-    assert world.records.anchor_of(record_id(b"v2b"))[0] == ZERO_ADDRESS
+    assert world.records.anchor_of(record_id(world.patient, b"v2b"))[0] == ZERO_ADDRESS
 
 
 def test_supersede_an_erased_record_keeps_it_erased(world: World) -> None:
@@ -248,7 +252,7 @@ def test_erase(world: World) -> None:
 def test_erase_revert_paths(world: World) -> None:
     rid = world.anchor(world.patient, b"to-erase", OBSERVATION)
     with boa.env.prank(world.patient), boa.reverts("records: unknown record"):
-        world.records.erase(record_id(b"unknown"))
+        world.records.erase(record_id(world.patient, b"unknown"))
     with boa.env.prank(world.other_patient), boa.reverts("records: not the owner"):
         world.records.erase(rid)
     with boa.env.prank(world.patient):
@@ -287,7 +291,7 @@ def test_anchor_for_with_contribute_consent_for_the_kind(world: World) -> None:
     with boa.env.prank(world.provider):
         rid = world.records.anchor_for(world.patient, b"lab-result", OBSERVATION, ZERO32)
     (event,) = world.records.get_logs()
-    assert rid == record_id(b"lab-result")
+    assert rid == record_id(world.patient, b"lab-result")
     assert world.records.anchor_of(rid) == (world.patient, OBSERVATION, boa.env.timestamp, 0)
     assert (event.patient, event.author, event.kind) == (world.patient, world.provider, OBSERVATION)
     # the contributor does not own the record: it has no access without a grant to read it
@@ -315,12 +319,14 @@ def test_anchor_for_with_all_scope_contribute_covers_every_kind(world: World) ->
         pytest.param(kind_scope(IMAGING), Purpose.CONTRIBUTE, id="other-kind"),
         pytest.param(kind_scope(OBSERVATION), Purpose.TREATMENT, id="other-purpose"),
         pytest.param(ALL, 0x3F, id="every-purpose-but-contribute"),
-        pytest.param(record_id(b"lab-result"), Purpose.CONTRIBUTE, id="record-scope"),
+        pytest.param(b"record", Purpose.CONTRIBUTE, id="record-scope"),
     ],
 )
 def test_anchor_for_without_matching_consent(
     world: World, scope: bytes | None, purposes: int
 ) -> None:
+    if scope == b"record":  # a grant on the very record being written
+        scope = record_id(world.patient, b"lab-result")
     if scope is not None:
         world.grant(world.patient, world.provider, scope, purposes)
     with (
@@ -328,7 +334,7 @@ def test_anchor_for_without_matching_consent(
         boa.reverts("records: no consent to contribute"),
     ):
         world.records.anchor_for(world.patient, b"lab-result", OBSERVATION, ZERO32)
-    assert world.records.anchor_of(record_id(b"lab-result"))[0] == ZERO_ADDRESS
+    assert world.records.anchor_of(record_id(world.patient, b"lab-result"))[0] == ZERO_ADDRESS
 
 
 def test_anchor_for_after_the_consent_expires(world: World) -> None:
@@ -381,38 +387,33 @@ def test_anchor_for_cannot_supersede_the_contributors_own_record(world: World) -
         world.records.anchor_for(world.patient, b"v2", OBSERVATION, own)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Records._anchor does not check that the superseded record has the new record's kind: "
-    "a contributor with CONTRIBUTE for one kind can mark the patient's records of any other kind "
-    "superseded (and block the patient from superseding them)",
-)
 def test_contributor_cannot_supersede_a_record_of_another_kind(world: World) -> None:
     diagnosis = world.anchor(world.patient, b"diagnosis-v1", DIAGNOSIS)
     world.grant(world.patient, world.provider, kind_scope(OBSERVATION), Purpose.CONTRIBUTE)
-    with boa.env.prank(world.provider), boa.reverts():
+    with (
+        boa.env.prank(world.provider),
+        boa.reverts("records: superseded record is of another kind"),
+    ):
         world.records.anchor_for(world.patient, b"observation", OBSERVATION, diagnosis)
     assert world.records.anchor_of(diagnosis)[3] == 0
+    # nor may the patient change a record's kind by superseding it
+    with (
+        boa.env.prank(world.patient),
+        boa.reverts("records: superseded record is of another kind"),
+    ):
+        world.records.anchor(b"observation", OBSERVATION, diagnosis)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="kind 0x00000000 is accepted by anchor, but kind_scope(0x00000000) == ALL: a grant "
-    "meant for that kind covers every record of every kind",
-)
-def test_a_grant_for_kind_zero_covers_only_kind_zero(world: World) -> None:
-    """Either kind 0 is refused, or a grant for it does not open records of other kinds."""
+def test_kind_zero_is_refused(world: World) -> None:
+    """kind_scope(0x00000000) is the ALL word, so no record may be of kind 0."""
     zero_kind = b"\x00" * 4
-    other = world.anchor(world.patient, b"imaging", IMAGING)
-    try:
-        with boa.env.prank(world.patient):
-            world.records.anchor(b"zero-kind", zero_kind, ZERO32)
-    except boa.BoaError:
-        return  # kind 0 refused: no record can be of the kind whose scope is ALL
-    world.grant(
-        world.patient, world.provider, world.consent.kind_scope(zero_kind), Purpose.TREATMENT
-    )
-    assert world.consent.has_access(world.provider, other, Purpose.TREATMENT) is False
+    assert world.consent.kind_scope(zero_kind) == ALL
+    with boa.env.prank(world.patient), boa.reverts("records: kind 0 is reserved"):
+        world.records.anchor(b"zero-kind", zero_kind, ZERO32)
+    world.grant(world.patient, world.provider, ALL, Purpose.CONTRIBUTE)
+    with boa.env.prank(world.provider), boa.reverts("records: kind 0 is reserved"):
+        world.records.anchor_for(world.patient, b"zero-kind", zero_kind, ZERO32)
+    assert world.records.anchor_of(record_id(world.patient, b"zero-kind"))[0] == ZERO_ADDRESS
 
 
 # --- batches ------------------------------------------------------------------------------
@@ -448,8 +449,8 @@ def _batch_leaves(patient: str, n: int) -> list[tuple[str, bytes, bytes, bytes]]
     tags = (OBSERVATION, IMAGING, DIAGNOSIS)
     out = []
     for i in range(n):
-        supersedes = record_id(b"old-%d" % i) if i % 4 == 3 else ZERO32
-        out.append((patient, record_id(b"batch-%d" % i), tags[i % 3], supersedes))
+        supersedes = record_id(patient, b"old-%d" % i) if i % 4 == 3 else ZERO32
+        out.append((patient, record_id(patient, b"batch-%d" % i), tags[i % 3], supersedes))
     return out
 
 
@@ -476,9 +477,12 @@ def test_wrong_leaf_proof_or_root_fails(world: World) -> None:
 
     # any field of the leaf changed
     assert in_batch(tree.root, world.other_patient, record, tag, supersedes, proof) is False
-    assert in_batch(tree.root, patient, record_id(b"x"), tag, supersedes, proof) is False
+    assert (
+        in_batch(tree.root, patient, record_id(world.patient, b"x"), tag, supersedes, proof)
+        is False
+    )
     assert in_batch(tree.root, patient, record, b"\x00\x00\x00\x07", supersedes, proof) is False
-    assert in_batch(tree.root, patient, record, tag, record_id(b"x"), proof) is False
+    assert in_batch(tree.root, patient, record, tag, record_id(world.patient, b"x"), proof) is False
     # the proof changed: one sibling flipped, one dropped, one from another leaf, none
     flipped = [proof[0][:-1] + bytes([proof[0][-1] ^ 1]), *proof[1:]]
     assert in_batch(tree.root, patient, record, tag, supersedes, flipped) is False
@@ -502,7 +506,7 @@ def test_wrong_leaf_proof_or_root_fails(world: World) -> None:
 
 
 def test_single_leaf_batch_has_an_empty_proof(world: World) -> None:
-    leaf = (world.patient, record_id(b"solo"), OBSERVATION, ZERO32)
+    leaf = (world.patient, record_id(world.patient, b"solo"), OBSERVATION, ZERO32)
     root = leaf_hash(*leaf)
     with boa.env.prank(world.patient):
         world.records.anchor_batch(root, 1)
@@ -540,8 +544,8 @@ def test_batch_by_a_contributor_needs_contribute_consent_for_the_kind(world: Wor
 
 def test_batch_by_a_patient_does_not_vouch_for_other_patients(world: World) -> None:
     leaves = [
-        (world.patient, record_id(b"mine"), OBSERVATION, ZERO32),
-        (world.other_patient, record_id(b"theirs"), OBSERVATION, ZERO32),
+        (world.patient, record_id(world.patient, b"mine"), OBSERVATION, ZERO32),
+        (world.other_patient, record_id(world.other_patient, b"theirs"), OBSERVATION, ZERO32),
     ]
     tree = MerkleTree([leaf_hash(*leaf) for leaf in leaves])
     with boa.env.prank(world.patient):
@@ -553,7 +557,7 @@ def test_batch_by_a_patient_does_not_vouch_for_other_patients(world: World) -> N
 def test_batched_records_are_not_anchors(world: World) -> None:
     """A record anchored only in a batch has no anchor: anchor_of is empty, so Consent gives
     no access to it, not even to its owner."""
-    leaf = (world.patient, record_id(b"batched"), OBSERVATION, ZERO32)
+    leaf = (world.patient, record_id(world.patient, b"batched"), OBSERVATION, ZERO32)
     with boa.env.prank(world.patient):
         world.records.anchor_batch(leaf_hash(*leaf), 1)
     assert world.records.in_batch(leaf_hash(*leaf), *leaf, []) is True
@@ -563,7 +567,7 @@ def test_batched_records_are_not_anchors(world: World) -> None:
 
 def test_consent_granted_after_a_batch_validates_it_retroactively(world: World) -> None:
     """in_batch checks the author's consent now, not when the batch was anchored."""
-    leaf = (world.patient, record_id(b"early"), OBSERVATION, ZERO32)
+    leaf = (world.patient, record_id(world.patient, b"early"), OBSERVATION, ZERO32)
     with boa.env.prank(world.provider):
         world.records.anchor_batch(leaf_hash(*leaf), 1)
     assert world.records.in_batch(leaf_hash(*leaf), *leaf, []) is False

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-
 import boa
 import pytest
 from eth_utils import keccak
@@ -239,25 +237,35 @@ def test_governance_cannot_expel_itself_from_governance(world: World) -> None:
     assert world.registry.roles(world.governance) == Role.GOVERNANCE
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Registry.register lets an expelled account (no roles left) re-register itself as "
-    "PATIENT, which makes it registered again and revives every grant made to it",
-)
 def test_expelled_participant_cannot_revive_its_grants_by_registering(world: World) -> None:
-    """Expelling all roles must end grant-based access; self-service register must not undo it.
-
-    Today: ``expel`` leaves ``roles == 0``, ``register`` treats 0 as "new address" and sets
-    PATIENT, ``is_registered`` is true again and ``Consent.has_access`` honours the old grants.
-    """
+    """Expelling all roles ends grant-based access; self-service register does not undo it."""
     rid = world.anchor(world.patient, b"bafy-expel-revive", b"\x00\x00\x00\x01")
     world.grant(world.patient, world.provider, ALL, Purpose.TREATMENT)
     world.registry.expel(world.provider, Role.PROVIDER)
+    assert world.registry.barred(world.provider) is True
     assert world.consent.has_access(world.provider, rid, Purpose.TREATMENT) is False
 
-    with contextlib.suppress(boa.BoaError), boa.env.prank(world.provider):
-        world.registry.register(enc_key("provider-again"), "")  # a fix may make this revert
+    with (
+        boa.env.prank(world.provider),
+        boa.reverts("registry: expelled; ask governance to admit you"),
+    ):
+        world.registry.register(enc_key("provider-again"), "")
+    assert world.registry.is_registered(world.provider) is False
     assert world.consent.has_access(world.provider, rid, Purpose.TREATMENT) is False
+
+    # governance may take it back, which lifts the bar and revives the grants it still holds
+    world.registry.admit(world.provider, Role.PROVIDER)
+    assert world.registry.barred(world.provider) is False
+    assert world.consent.has_access(world.provider, rid, Purpose.TREATMENT) is True
+    with boa.env.prank(world.provider):
+        world.registry.register(enc_key("provider-again"), "")
+
+
+def test_losing_one_role_of_several_does_not_bar(world: World) -> None:
+    world.registry.admit(world.provider, Role.RESEARCHER)
+    world.registry.expel(world.provider, Role.PROVIDER)
+    assert world.registry.barred(world.provider) is False
+    assert world.registry.is_registered(world.provider) is True
 
 
 # --- rotate_key, set_metadata -------------------------------------------------------------

@@ -67,8 +67,9 @@ def kind_scope(tag: bytes) -> bytes:
     return tag.rjust(32, b"\x00")
 
 
-def record_id(cid: bytes) -> bytes:
-    return keccak(cid)
+def record_id(patient: str, cid: bytes) -> bytes:
+    """A record's id: ``keccak256(patient's 20 bytes ‖ cid)``."""
+    return keccak(bytes.fromhex(patient.removeprefix("0x")) + cid)
 
 
 def enc_key(label: str) -> bytes:
@@ -100,7 +101,7 @@ class World:
     def anchor(self, patient: str, cid: bytes, tag: bytes, supersedes: bytes = ZERO32) -> bytes:
         with boa.env.prank(patient):
             rid: bytes = self.records.anchor(cid, tag, supersedes)
-        assert rid == record_id(cid)
+        assert rid == record_id(patient, cid)
         return rid
 
     def grant(
