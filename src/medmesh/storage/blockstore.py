@@ -16,6 +16,9 @@ parent. A batch of blocks (:meth:`Blockstore.put_many`) is committed as a group 
 all temporary files are written, one ``syncfs`` makes their data durable, they are
 renamed, and a second ``syncfs`` makes the names durable. :meth:`Blockstore.put` returns only after all of this, so an acknowledged block
 survives a crash or restart. Stray temporary files from a crash are removed at open.
+Deletions are made durable the same way: after the unlinks, each touched shard folder is
+``fsync``-ed (one ``syncfs`` for a batch, :meth:`Blockstore.delete_many`), so an
+acknowledged erasure does not come back after a crash.
 
 Every ``put`` checks the bytes against the CID first (:class:`BlockMismatchError`) and
 refuses blocks over ``max_block_size`` (:class:`InvalidInputError`) or beyond the quota or
@@ -30,7 +33,7 @@ import ctypes
 import errno
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, cast
@@ -266,17 +269,50 @@ class Blockstore:
             os.close(fd)
 
     def delete(self, cid: Cid) -> bool:
-        """Remove a block. Returns False if it was absent."""
-        path = self._path(cid)
+        """Remove a block durably. Returns False if it was absent."""
+        return self.delete_many([cid]) == 1
+
+    def delete_many(self, cids: Iterable[Cid]) -> int:
+        """Remove blocks durably; returns how many were present (and are now gone).
+
+        The files are unlinked, then each touched shard folder is ``fsync``-ed (one
+        ``syncfs`` for a batch on Linux), so the deletion survives a crash once this
+        returns. Identity CIDs hold no file and count as absent.
+        """
+        removed: list[tuple[Path, int]] = []
+        seen: set[Path] = set()
         try:
-            size = path.stat().st_size
-            path.unlink()
-        except FileNotFoundError:
-            return False
-        with self._lock:
-            self._count -= 1
-            self._used -= size
-        return True
+            # under the publish lock: a concurrent put of the same block either published
+            # before (and is deleted here) or publishes after (and counts as new)
+            with self._publish_lock:
+                for cid in cids:
+                    if cid.hash_code == IDENTITY:
+                        continue
+                    path = self._path(cid)
+                    if path in seen:
+                        continue
+                    seen.add(path)
+                    try:
+                        size = path.stat().st_size
+                        path.unlink()
+                    except FileNotFoundError:
+                        continue
+                    removed.append((path, size))
+        finally:
+            with self._lock:
+                self._count -= len(removed)
+                self._used -= sum(size for _, size in removed)
+        if removed and self.fsync:
+            self._sync_dirs({path.parent for path, _ in removed}, group=len(removed) > 1)
+        return len(removed)
+
+    def _sync_dirs(self, dirs: set[Path], *, group: bool) -> None:
+        """Make changes to the names in ``dirs`` durable (one ``syncfs`` for a group)."""
+        if group and _syncfs is not None:
+            self._syncfs()
+            return
+        for d in dirs:
+            _fsync_dir(d)
 
 
 def _load_syncfs() -> Callable[[int], int] | None:

@@ -26,7 +26,13 @@ from medmesh.crypto.envelope import RecordOpener, RecordSealer
 from medmesh.crypto.keys import EncryptionPublicKey
 from medmesh.errors import InvalidInputError
 from medmesh.identity.wallet import Wallet
-from medmesh.storage.backends.base import ObjectStore, Progress, SizeHook, VerifyReport
+from medmesh.storage.backends.base import (
+    EraseReport,
+    ObjectStore,
+    Progress,
+    SizeHook,
+    VerifyReport,
+)
 from medmesh.storage.cid import Cid
 
 __all__ = ["Client", "GetResult", "PutResult"]
@@ -236,6 +242,16 @@ class Client:
             raise InvalidInputError("the store did not keep the block as one raw block")
         return stored.cid
 
+    async def aerase(self, cid: Cid | str) -> EraseReport:
+        """Delete the stored ciphertext of ``cid`` wherever the store keeps it.
+
+        For erasure requests: the caller destroys or revokes the record's keys
+        (crypto-shredding) and calls this so that the ciphertext goes too. Check
+        :attr:`EraseReport.complete`; if holders were unreachable, erase again later.
+        """
+        c = Cid.parse(cid) if isinstance(cid, str) else cid
+        return await self.store.erase(c)
+
     async def aclose(self) -> None:
         await self.store.close()
 
@@ -263,6 +279,9 @@ class Client:
     def verify(self, cid: Cid | str) -> VerifyReport:
         c = Cid.parse(cid) if isinstance(cid, str) else cid
         return asyncio.run(self._closing(self.store.verify(c)))
+
+    def erase(self, cid: Cid | str) -> EraseReport:
+        return asyncio.run(self._closing(self.aerase(cid)))
 
     async def _closing(self, coro: Coroutine[Any, Any, T]) -> T:
         try:

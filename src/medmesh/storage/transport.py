@@ -236,6 +236,16 @@ class NodeClient:
             what="object registration",
         )
 
+    async def erase_object(self, obj: Cid) -> int:
+        """Erase ``obj`` on this node (signed); returns the number of blocks it deleted.
+
+        Raises :class:`NotFoundError` if the node has no manifest of ``obj`` registered.
+        """
+        _, data = await self._request(
+            "DELETE", f"/objects/{obj}", signed=True, what="object erasure"
+        )
+        return int(json.loads(data)["deleted"])
+
     async def object_info(self, obj: Cid) -> dict[str, Any]:
         _, data = await self._request("GET", f"/objects/{obj}", what="object lookup")
         doc: dict[str, Any] = json.loads(data)

@@ -298,3 +298,57 @@ def test_quota_applies_to_blocks_found_on_reopen(tmp_path: Path) -> None:
     with pytest.raises(StorageFullError):
         store.put(*_block(2))
     assert store.stats().bytes_used == 104
+
+
+# -- deleting in batches -----------------------------------------------------------------
+
+
+class _SyncSpy(Blockstore):
+    """Records how a deletion was made durable."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root, fsync=True)
+        self.synced: list[tuple[set[Path], bool]] = []
+
+    def _sync_dirs(self, dirs: set[Path], *, group: bool) -> None:
+        self.synced.append((set(dirs), group))
+        super()._sync_dirs(dirs, group=group)
+
+
+def test_delete_many_removes_present_blocks_once_and_counts_them(tmp_path: Path) -> None:
+    # Prepare
+    store = Blockstore(tmp_path)
+    blocks = [_block(i) for i in range(6)]
+    store.put_many([(c, d) for c, d in blocks[:4]])
+    v0 = Cid(0, DAG_PB, SHA2_256, blocks[0][0].digest)  # the same multihash as blocks[0]
+    identity = Cid(1, RAW, IDENTITY, b"inline")
+    # Execute
+    deleted = store.delete_many([blocks[0][0], v0, blocks[1][0], blocks[5][0], identity])
+    # Assert: two files went (blocks[0] once, whatever CID named it); absent ones count 0
+    assert deleted == 2
+    assert {c for c, _ in blocks if store.has(c)} == {blocks[2][0], blocks[3][0]}
+    st = store.stats()
+    assert (st.blocks, st.bytes_used) == (2, 2 * len(blocks[2][1]))
+    assert store.delete_many([]) == 0
+
+
+def test_deletions_are_synced_before_returning_and_survive_a_reopen(tmp_path: Path) -> None:
+    # Prepare
+    store = _SyncSpy(tmp_path)
+    blocks = [_block(i) for i in range(5)]
+    store.put_many([(c, d) for c, d in blocks])
+    store.synced.clear()
+    # Execute
+    one = store.delete(blocks[0][0])
+    many = store.delete_many([c for c, _ in blocks[1:]])
+    nothing = store.delete(blocks[0][0])
+    reopened = Blockstore(tmp_path)
+    # Assert: a single delete fsyncs its shard folder, a batch is one group commit
+    assert (one, many, nothing) == (True, 4, False)
+    assert store.synced == [
+        ({store._path(blocks[0][0]).parent}, False),
+        ({store._path(c).parent for c, _ in blocks[1:]}, True),
+    ]
+    assert reopened.stats().blocks == 0
+    assert not any(reopened.has(c) for c, _ in blocks)
+    assert not [p for p in (tmp_path / "blocks").rglob("*") if p.is_file()]

@@ -260,3 +260,68 @@ def test_routing_endpoint_answers_from_the_dht(tmp_path: Path) -> None:
     assert [p["ID"] for p in doc["Providers"]] == ["0xA0"]
     assert doc["Providers"][0]["Addrs"] == ["http://127.0.0.1:1"]
     assert missing == 404
+
+
+# -- withdrawing a record (after an erasure) ------------------------------------------
+
+
+def _tombstone(node: str, url: str, expires: float) -> str:
+    return json.dumps({node: {"url": url, "expires": expires, "withdrawn": True}})
+
+
+@pytest.mark.parametrize("tombstone_first", [True, False])
+def test_a_newer_withdrawal_replaces_the_record_whatever_the_order(tombstone_first: bool) -> None:
+    now = time.time()
+    live, gone = _rec("0xA", "http://a", now + 100), _tombstone("0xA", "http://a", now + 200)
+    storage = ProviderStorage()
+    storage[KEY] = _rec("0xB", "http://b", now + 50)
+    for value in (gone, live) if tombstone_first else (live, gone):
+        storage[KEY] = value
+    assert _stored(storage) == {
+        "0xA": {"url": "http://a", "expires": now + 200, "withdrawn": True},
+        "0xB": {"url": "http://b", "expires": now + 50},
+    }
+
+
+def test_a_newer_announcement_replaces_a_withdrawal() -> None:
+    now = time.time()
+    storage = ProviderStorage()
+    storage[KEY] = _tombstone("0xA", "http://a", now + 100)
+    storage[KEY] = _rec("0xA", "http://a", now + 101)
+    assert _stored(storage) == {"0xA": {"url": "http://a", "expires": now + 101}}
+
+
+def test_on_a_tie_the_withdrawal_wins() -> None:
+    at = time.time() + 100
+    live, gone = _rec("0xA", "u", at), _tombstone("0xA", "u", at)
+    expected = {"0xA": {"url": "u", "expires": at, "withdrawn": True}}
+    assert merge_records(live, gone) == merge_records(gone, live) == expected
+
+
+def test_withdrawn_only_with_a_literal_true() -> None:
+    later = time.time() + 100
+    value = json.dumps({"0xA": {"url": "u", "expires": later, "withdrawn": "yes"}})
+    assert merge_records(value) == {"0xA": {"url": "u", "expires": later}}
+
+
+def test_a_withdrawn_provider_is_no_longer_found_anywhere() -> None:
+    cid = Cid.of(b"object erased at A")
+
+    async def run() -> tuple[list[str], list[str], list[str], bool, list[str]]:
+        async with network(3) as (a, b, c):
+            await a.provide(cid)
+            await b.provide(cid)
+            before = [p["ID"] for p in await c.find_providers(cid)]
+            stored = await a.withdraw(cid)
+            at_a = [p["ID"] for p in await a.find_providers(cid)]  # its own copy, at once
+            c.server.storage.data.clear()  # ask the network
+            remote = [p["ID"] for p in await c.find_providers(cid)]
+            await a.provide(cid)  # the object is stored at A again later
+            back = [p["ID"] for p in await c.find_providers(cid)]
+            return before, at_a, remote, stored, back
+
+    before, at_a, remote, stored, back = asyncio.run(run())
+    assert before == ["0xA0", "0xA1"]
+    assert stored is True
+    assert at_a == remote == ["0xA1"]
+    assert back == ["0xA0", "0xA1"]

@@ -7,8 +7,9 @@
 - ``factory``  picks one from a URL
 """
 
+from medmesh.storage.backends.base import EraseReport as EraseReport
 from medmesh.storage.backends.base import ObjectStore as ObjectStore
 from medmesh.storage.backends.base import StoredObject as StoredObject
 from medmesh.storage.backends.factory import open_store as open_store
 
-__all__ = ["ObjectStore", "StoredObject", "open_store"]
+__all__ = ["EraseReport", "ObjectStore", "StoredObject", "open_store"]

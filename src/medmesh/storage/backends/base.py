@@ -12,9 +12,10 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from medmesh.errors import StorageError
 from medmesh.storage.cid import Cid
 
-__all__ = ["ObjectStore", "Progress", "SizeHook", "StoredObject", "VerifyReport"]
+__all__ = ["EraseReport", "ObjectStore", "Progress", "SizeHook", "StoredObject", "VerifyReport"]
 
 #: Called with the number of ciphertext bytes done so far.
 Progress = Callable[[int], None]
@@ -45,6 +46,35 @@ class VerifyReport:
     @property
     def ok(self) -> bool:
         return not self.failed and self.checked == self.passed
+
+
+@dataclass
+class EraseReport:
+    """The result of erasing an object from a store.
+
+    ``holders`` maps each place that knew the object (a node URL, a kubo API URL) to the
+    blocks it deleted there; ``unreachable`` lists places that may hold it but could not
+    be asked, so the erasure is :attr:`complete` only when that list is empty. Erasing
+    again later (idempotent) reaches them.
+    """
+
+    cid: Cid
+    deleted: int = 0  # blocks deleted in total
+    holders: dict[str, int] = field(default_factory=dict)  # url -> blocks deleted there
+    unreachable: list[str] = field(default_factory=list)  # urls that could not be asked
+
+    @property
+    def complete(self) -> bool:
+        return not self.unreachable
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "cid": str(self.cid),
+            "deleted": self.deleted,
+            "holders": dict(self.holders),
+            "unreachable": list(self.unreachable),
+            "complete": self.complete,
+        }
 
 
 class ObjectStore(ABC):
@@ -95,6 +125,29 @@ class ObjectStore(ABC):
             pass
         report.checked = report.passed = 1
         return report
+
+    async def erase(self, cid: Cid) -> EraseReport:
+        """Delete every stored block of ``cid`` (for erasure requests, crypto-shredding).
+
+        Erasing an object the store does not know is not an error: the report says
+        ``deleted == 0``. Blocks that other stored objects still use are kept.
+
+        Parameters
+        ----------
+        cid
+            The object's CID.
+
+        Returns
+        -------
+        EraseReport
+            What was deleted where, and which holders could not be reached.
+
+        Raises
+        ------
+        StorageError
+            If the store cannot erase objects at all.
+        """
+        raise StorageError(f"this store ({type(self).__name__}) cannot erase objects")
 
     async def close(self) -> None:  # noqa: B027 - optional hook, most stores hold nothing
         """Release connections."""

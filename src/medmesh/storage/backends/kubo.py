@@ -14,6 +14,10 @@ By default reads (and the explicit pin) run with kubo's ``offline`` option: a CI
 does not hold is reported at once as not found, instead of kubo searching the public IPFS
 network for it (which can take minutes and announces to the network that someone wants
 that CID). Pass ``offline=False`` when the node should fetch from its peers.
+
+Erase removes the pin (``/api/v0/pin/rm``); kubo deletes the blocks at its next garbage
+collection (``ipfs repo gc``, or automatically with ``--enable-gc``), which medmesh does not
+trigger: gc is node-wide and may be run by the node's operator on their own schedule.
 """
 
 from __future__ import annotations
@@ -28,7 +32,13 @@ from typing import Any, BinaryIO, cast
 import aiohttp
 
 from medmesh.errors import BlockMismatchError, IntegrityError, NodeUnavailableError, NotFoundError
-from medmesh.storage.backends.base import ObjectStore, Progress, SizeHook, StoredObject
+from medmesh.storage.backends.base import (
+    EraseReport,
+    ObjectStore,
+    Progress,
+    SizeHook,
+    StoredObject,
+)
 from medmesh.storage.block import Block
 from medmesh.storage.car import read_car, write_car
 from medmesh.storage.cid import DAG_PB, IDENTITY, Cid
@@ -39,6 +49,7 @@ from medmesh.storage.unixfs import decode_pbnode
 __all__ = ["KuboStore"]
 
 _EXPORT_BATCH = 4 << 20  # bytes handed from the export thread to the event loop at a time
+_NOT_PINNED = "not pinned or pinned indirectly"  # boxo pinner's ErrNotPinned
 
 
 class KuboStore(ObjectStore):
@@ -152,6 +163,33 @@ class KuboStore(ObjectStore):
         finally:
             tmp.close()
             os.unlink(tmp.name)
+
+    async def erase(self, cid: Cid) -> EraseReport:
+        """Unpin ``cid`` (``pin/rm``, recursive) so that kubo's next ``repo gc`` deletes it.
+
+        The blocks stay on the node until that garbage collection, which this does not run
+        (see the module docstring); blocks that other pins reach are kept by it. The report
+        counts the pin removed: ``deleted == 1`` and ``holders == {api_url: 1}``, or
+        ``deleted == 0`` when ``cid`` was not pinned (or only pinned indirectly, through
+        another root). An unreachable or failing node is listed in ``unreachable``.
+        """
+        report = EraseReport(cid)
+        try:
+            async with aiohttp.ClientSession(timeout=self.timeout) as session:
+                body = await self._post(session, f"/api/v0/pin/rm?arg={cid}", "pin/rm")
+        except NodeUnavailableError as exc:
+            if _NOT_PINNED in exc.message:
+                return report
+            report.unreachable.append(self.api)
+            return report
+        try:
+            pins = json.loads(body).get("Pins", [])
+        except (ValueError, AttributeError) as exc:
+            raise NodeUnavailableError("kubo answered pin/rm with malformed JSON") from exc
+        removed = len(pins) if isinstance(pins, list) else 0
+        report.deleted = removed
+        report.holders[self.api] = removed
+        return report
 
     async def _explain(self, exc: _IncompleteExport) -> Exception:
         """Why kubo's export stopped early: it lacks the block, or its copy is corrupted.

@@ -5,11 +5,18 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Iterable
 
-from medmesh.errors import NotFoundError
-from medmesh.storage.backends.base import ObjectStore, Progress, SizeHook, StoredObject
-from medmesh.storage.cid import Cid
+from medmesh.errors import MedmeshError, NotFoundError
+from medmesh.storage.backends.base import (
+    EraseReport,
+    ObjectStore,
+    Progress,
+    SizeHook,
+    StoredObject,
+)
+from medmesh.storage.cid import DAG_PB, Cid
 from medmesh.storage.exporter import export_file
 from medmesh.storage.importer import ImportParams, import_chunks
+from medmesh.storage.unixfs import decode_pbnode
 
 __all__ = ["MemoryStore"]
 
@@ -55,3 +62,36 @@ class MemoryStore(ObjectStore):
 
     async def size(self, cid: Cid) -> int | None:
         return self.roots.get(cid)
+
+    async def erase(self, cid: Cid) -> EraseReport:
+        """Drop the blocks of the DAG under ``cid`` that no other stored root reaches."""
+        report = EraseReport(cid)
+        if cid not in self.roots and cid not in self.blocks:
+            return report
+        doomed = self._reachable(cid)
+        for root in self.roots:
+            if root != cid:
+                doomed -= self._reachable(root)
+        for c in doomed:
+            if self.blocks.pop(c, None) is not None:
+                report.deleted += 1
+        self.roots.pop(cid, None)
+        report.holders["memory:"] = report.deleted
+        return report
+
+    def _reachable(self, root: Cid) -> set[Cid]:
+        """The CIDs under ``root`` (itself included); a missing block ends its branch."""
+        seen: set[Cid] = set()
+        stack = [root]
+        while stack:
+            c = stack.pop()
+            if c in seen:
+                continue
+            seen.add(c)
+            data = self.blocks.get(c)
+            if data is not None and c.codec == DAG_PB:
+                try:
+                    stack.extend(link.hash for link in decode_pbnode(data).links)
+                except MedmeshError:
+                    continue
+        return seen

@@ -12,9 +12,10 @@ from collections import defaultdict
 from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Any
 
-from medmesh.errors import MedmeshError
+from medmesh.errors import AuthError, MedmeshError, NotFoundError
 from medmesh.storage.auth import RequestSigner
 from medmesh.storage.backends.base import (
+    EraseReport,
     ObjectStore,
     Progress,
     SizeHook,
@@ -24,7 +25,7 @@ from medmesh.storage.backends.base import (
 from medmesh.storage.cid import Cid
 from medmesh.storage.downloader import stream_leaves
 from medmesh.storage.fetcher import StripeFetcher
-from medmesh.storage.locate import Location, locate
+from medmesh.storage.locate import DHT_TIMEOUT, Location, locate
 from medmesh.storage.merkle import segment_count, verify_proof
 from medmesh.storage.repair import repair_location
 from medmesh.storage.transport import NodeClient, open_session
@@ -113,6 +114,65 @@ class NetworkStore(ObjectStore):
             "unplaced": report.unplaced,
             "new_holders": report.new_holders,
         }
+
+    async def erase(self, cid: Cid) -> EraseReport:
+        """Ask every known node, and every provider the DHT names, to erase ``cid``.
+
+        Each node deletes the blocks it holds of every manifest of ``cid`` registered there
+        (``DELETE /objects/{cid}``, signed), so the manifest need not be fetchable: a
+        half-stored or damaged object is erased too. Known nodes are asked at once; the
+        DHT is asked alongside (through the known nodes, up to ``DHT_TIMEOUT`` seconds
+        each) and the providers it names that are not known are asked next. A node that
+        does not know the object counts 0; one that cannot be reached, fails (5xx) or
+        does not support erasure is listed in ``unreachable``; erase again later.
+
+        Raises :class:`AuthError` (after asking every node) if a node refused the wallet's
+        signature: erasure needs a writer the nodes trust.
+        """
+        if self.signer is None:
+            raise AuthError("a wallet is needed to erase objects on storage nodes")
+        clients = self._clients()
+        report = EraseReport(cid)
+        refused: list[AuthError] = []
+
+        async def one(node: NodeClient) -> None:
+            try:
+                deleted = await node.erase_object(cid)
+            except NotFoundError:
+                return
+            except AuthError as exc:
+                refused.append(exc)
+                return
+            except MedmeshError:
+                report.unreachable.append(node.url)
+                return
+            report.holders[node.url] = deleted
+            report.deleted += deleted
+
+        async def from_dht() -> list[str]:
+            for node in clients:
+                try:
+                    return await asyncio.wait_for(node.providers(cid), DHT_TIMEOUT)
+                except (MedmeshError, TimeoutError):
+                    continue
+            return []
+
+        dht_task = asyncio.create_task(from_dht())
+        await asyncio.gather(*(one(n) for n in clients))
+        found = await dht_task
+        known = {n.url.rstrip("/") for n in clients}
+        extra: dict[str, NodeClient] = {}
+        for url in found:
+            url = url.rstrip("/")
+            if url not in known and url not in extra:
+                extra[url] = NodeClient(url, self._session, self.signer)
+        await asyncio.gather(*(one(n) for n in extra.values()))
+        if refused:
+            raise AuthError(
+                f"{len(refused)} storage node(s) refused to erase {cid}: {refused[0].message}"
+            ) from refused[0]
+        report.unreachable.sort()
+        return report
 
     async def verify(self, cid: Cid, *, concurrency: int = 32) -> VerifyReport:
         """Challenge every held share with a random segment and check its Merkle proof."""

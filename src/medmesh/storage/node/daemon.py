@@ -65,7 +65,9 @@ async def _run(config: NodeConfig, ready: asyncio.Event | None = None) -> None:
         held=held,
     )
     dht_port = await dht.start(join=False)  # join in the background: serve HTTP now
-    app = make_app(service, providers=dht.find_providers, announce=dht.provide)
+    app = make_app(
+        service, providers=dht.find_providers, announce=dht.provide, withdraw=dht.withdraw
+    )
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     site = web.SockSite(runner, sock)

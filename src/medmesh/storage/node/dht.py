@@ -7,6 +7,13 @@ write wins), which would let each provider erase the others; :class:`ProviderSto
 *merges* maps instead, keeping each provider's newest entry and dropping expired ones.
 Records expire after ``ttl`` seconds and are republished every ``ttl / 2``.
 
+A node that erases an object *withdraws* its record: it publishes a tombstone, an entry
+``{"url": ..., "expires": ..., "withdrawn": true}`` newer than its last announcement.
+Entries are never deleted remotely (a DHT node cannot tell who asked), but the newest
+entry of a provider wins the merge, so the tombstone replaces the record wherever it
+lands, and lookups skip withdrawn providers. DHT nodes the tombstone does not reach keep
+the old record until it expires (``ttl``). A later announcement is newer again and wins.
+
 Lookups merge what this node stores with what the network returns, and answer in the
 shape of the IPFS Delegated Routing API (``/routing/v1/providers/{cid}``).
 """
@@ -62,11 +69,20 @@ def merge_records(*values: Any, now: float | None = None) -> dict[str, dict[str,
             if not isinstance(entry, dict) or not isinstance(entry.get("url"), str):
                 continue
             expires = entry.get("expires")
-            if not isinstance(expires, int | float) or expires < now:
+            if isinstance(expires, bool) or not isinstance(expires, int | float) or expires < now:
                 continue
+            withdrawn = entry.get("withdrawn") is True
             old = merged.get(node_id)
-            if old is None or old["expires"] < expires:
-                merged[str(node_id)] = {"url": entry["url"], "expires": expires}
+            # the newest entry wins; on a tie a withdrawal wins (erasure is the safe side)
+            if (
+                old is None
+                or old["expires"] < expires
+                or (old["expires"] == expires and withdrawn and not old.get("withdrawn"))
+            ):
+                new: dict[str, Any] = {"url": entry["url"], "expires": expires}
+                if withdrawn:
+                    new["withdrawn"] = True
+                merged[str(node_id)] = new
     if len(merged) > MAX_PROVIDERS:
         newest = sorted(merged.items(), key=lambda kv: kv[1]["expires"], reverse=True)
         merged = dict(newest[:MAX_PROVIDERS])
@@ -209,9 +225,12 @@ class ProviderDht:
         if self.bootstrap_addrs:
             await self.server.bootstrap(self.bootstrap_addrs)
 
-    def _record(self) -> str:
-        expires = int(time.time()) + self.ttl
-        return json.dumps({self.node_id: {"url": self.url, "expires": expires}})
+    def _record(self, *, withdrawn: bool = False) -> str:
+        # sub-second expiry times order an announcement and a withdrawal in one second
+        entry: dict[str, Any] = {"url": self.url, "expires": time.time() + self.ttl}
+        if withdrawn:
+            entry["withdrawn"] = True
+        return json.dumps({self.node_id: entry})
 
     async def provide(self, cid: Cid) -> bool:
         """Announce that this node provides ``cid``. True if any DHT node stored it."""
@@ -223,6 +242,20 @@ class ProviderDht:
             return bool(await self.server.set(key, record))
         except Exception:  # network trouble must not fail the write that triggered it
             log.warning("could not publish a provider record", exc_info=True)
+            return False
+
+    async def withdraw(self, cid: Cid) -> bool:
+        """Retract this node's provider record of ``cid`` (see the module docstring).
+
+        Our own copy is replaced at once; True if any other DHT node stored the tombstone.
+        """
+        key = provider_key(cid)
+        record = self._record(withdrawn=True)
+        self.server.storage[_digest(key)] = record
+        try:
+            return bool(await self.server.set(key, record))
+        except Exception:  # network trouble must not fail the erasure that triggered it
+            log.warning("could not publish a provider withdrawal", exc_info=True)
             return False
 
     async def find_providers(self, cid: Cid) -> list[dict[str, Any]]:
@@ -243,6 +276,7 @@ class ProviderDht:
                 "Protocols": ["transport-ipfs-gateway-http"],
             }
             for node_id, entry in sorted(merged.items())
+            if not entry.get("withdrawn")
         ]
 
 

@@ -15,6 +15,8 @@ medmesh additions (writes are signed, see :mod:`medmesh.storage.auth`):
 - ``DELETE /ipfs/{cid}``          drop a block
 - ``POST /objects``               ``{"object", "manifest"}``: index an object held here
 - ``GET /objects/{cid}``          manifests of an object and the shares held
+- ``DELETE /objects/{cid}``       erase an object: every block of it held here, and its
+                                  index entry -> ``{"object", "deleted": <blocks>}``
 - ``POST /challenge``             ``{"cid", "index", "segment_size"}`` -> Merkle proof
 - ``GET /routing/v1/providers/{cid}``  nodes that provide ``cid`` (Delegated Routing API)
 - ``GET /node/info``              identity and usage
@@ -106,11 +108,13 @@ def make_app(
     *,
     providers: Callable[[Cid], Awaitable[list[dict[str, Any]]]] | None = None,
     announce: Callable[[Cid], Awaitable[object]] | None = None,
+    withdraw: Callable[[Cid], Awaitable[object]] | None = None,
 ) -> web.Application:
     """Build the aiohttp application serving ``service``.
 
-    ``providers`` answers Delegated Routing lookups and ``announce`` publishes a provider
-    record after an object is indexed (both from the DHT; absent in unit tests).
+    ``providers`` answers Delegated Routing lookups, ``announce`` publishes a provider
+    record after an object is indexed and ``withdraw`` retracts it after the object is
+    erased (all from the DHT; absent in unit tests).
     """
     cfg = service.config
     guard = service.replay_guard
@@ -120,6 +124,11 @@ def make_app(
 
     async def run(fn: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
+
+    def in_background(coro: Awaitable[object]) -> None:
+        task: asyncio.Future[object] = asyncio.ensure_future(coro)
+        background.add(task)
+        task.add_done_callback(background.discard)
 
     def parse_cid(text: str) -> Cid:
         return Cid.parse(text)
@@ -269,10 +278,16 @@ def make_app(
             raise InvalidInputError('body must be {"object": CID, "manifest": CID}') from exc
         await run(service.register_object, obj, manifest)
         if announce is not None:  # in the background: a slow DHT must not delay the write
-            task: asyncio.Future[object] = asyncio.ensure_future(announce(obj))
-            background.add(task)
-            task.add_done_callback(background.discard)
+            in_background(announce(obj))
         return web.json_response({"object": str(obj), "manifest": str(manifest)}, status=201)
+
+    async def delete_object(request: web.Request) -> web.StreamResponse:
+        cid = parse_cid(request.match_info["cid"])
+        await authenticate(request, b"")
+        deleted = await run(service.erase_object, cid)
+        if withdraw is not None:  # the blocks are gone; the DHT hears of it in the background
+            in_background(withdraw(cid))
+        return web.json_response({"object": str(cid), "deleted": deleted})
 
     async def get_object(request: web.Request) -> web.StreamResponse:
         cid = parse_cid(request.match_info["cid"])
@@ -319,6 +334,7 @@ def make_app(
     app.router.add_post("/blocks/fetch", fetch_blocks)
     app.router.add_post("/objects", post_objects)
     app.router.add_get("/objects/{cid}", get_object)
+    app.router.add_delete("/objects/{cid}", delete_object)
     app.router.add_post("/challenge", post_challenge)
     app.router.add_get("/routing/v1/providers/{cid}", get_providers)
     app.router.add_get("/node/info", node_info)

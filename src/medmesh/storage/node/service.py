@@ -8,6 +8,7 @@ node holds (SQLite, in the data folder), and answers storage challenges. The HTT
 from __future__ import annotations
 
 import io
+import logging
 import os
 import sqlite3
 import threading
@@ -20,12 +21,19 @@ from typing import Any
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 
-from medmesh.errors import InvalidInputError, NotFoundError
+from medmesh.errors import InvalidInputError, MedmeshError, NotFoundError
 from medmesh.storage.auth import ReplayGuard
 from medmesh.storage.blockstore import Blockstore
 from medmesh.storage.car import read_car
 from medmesh.storage.cid import Cid
-from medmesh.storage.manifest import Manifest, ManifestHead, decode_head, decode_manifest
+from medmesh.storage.manifest import (
+    TABLE_STRIPES,
+    Manifest,
+    ManifestHead,
+    decode_head,
+    decode_manifest,
+    decode_table,
+)
 from medmesh.storage.merkle import MerkleProof, prove
 from medmesh.storage.node.config import NodeConfig
 
@@ -34,6 +42,8 @@ __all__ = ["Challenge", "NodeService", "load_node_key"]
 KEY_FILE = "node.key"
 MAX_BATCH_BYTES = 64 * 1024 * 1024
 MANIFEST_CACHE = 64
+
+log = logging.getLogger(__name__)
 
 
 def load_node_key(data: Path) -> LocalAccount:
@@ -168,6 +178,88 @@ class NodeService:
             self._db.execute(
                 "DELETE FROM objects WHERE object = ? AND manifest = ?", (str(obj), str(manifest))
             )
+
+    def erase_object(self, obj: Cid) -> int:
+        """Delete every block of ``obj`` this node holds and forget the object.
+
+        For each manifest registered for ``obj``: the shares it lists, the DAG's interior
+        nodes, the stripe tables and the manifest root (and ``obj``'s own block). Blocks
+        that another object registered here still lists are kept (found by reading the
+        other manifests: erasure is rare, so no reverse index is kept). A manifest that
+        can no longer be read whole is erased as far as its readable blocks go.
+
+        Order and durability: shares and DAG nodes go first, then the stripe tables, then
+        the manifest roots, each batch durable before the next
+        (:meth:`Blockstore.delete_many`); the object is unregistered last. A crash in
+        between leaves the object registered with what still names the remaining blocks,
+        so erasing again finishes the work.
+
+        Returns the number of blocks deleted. Raises :class:`NotFoundError` if no manifest
+        of ``obj`` is registered here.
+        """
+        mine = self.manifests(obj)
+        if not mine:
+            raise NotFoundError("object not known to this node")
+        content: dict[bytes, Cid] = {}
+        meta: dict[bytes, Cid] = {}
+        for mcid in mine:
+            data, manifest_blocks, complete = self._manifest_blocks(mcid)
+            if not complete:
+                log.warning("erasing %s: manifest %s is not fully readable", obj, mcid)
+            content.update((c.multihash, c) for c in data)
+            meta.update((c.multihash, c) for c in manifest_blocks)
+        content.setdefault(obj.multihash, obj)
+        for key in meta:
+            content.pop(key, None)
+        erased = set(mine)
+        for other, mcid in self.objects():
+            if not content and not meta:
+                break
+            if other == obj or mcid in erased:
+                continue
+            data, manifest_blocks, _ = self._manifest_blocks(mcid)
+            for c in (*data, *manifest_blocks):
+                content.pop(c.multihash, None)
+                meta.pop(c.multihash, None)
+        # the roots last: until they go, a retry can still read the tables they name
+        roots = {m.multihash for m in mine}
+        deleted = self.store.delete_many(content.values())
+        deleted += self.store.delete_many(c for k, c in meta.items() if k not in roots)
+        deleted += self.store.delete_many(c for k, c in meta.items() if k in roots)
+        with self._db_lock, self._db:
+            self._db.execute("DELETE FROM objects WHERE object = ?", (str(obj),))
+        with self._cache_lock:
+            for mcid in mine:
+                self._manifests.pop(mcid, None)
+        return deleted
+
+    def _manifest_blocks(self, mcid: Cid) -> tuple[list[Cid], list[Cid], bool]:
+        """(shares and DAG nodes, manifest blocks, whether the manifest was read whole).
+
+        Falls back to what can be read when a table or the root is missing or damaged.
+        """
+        try:
+            m = self._manifest(mcid)
+        except MedmeshError:
+            pass
+        else:
+            return [c for _, _, c in m.share_index()] + list(m.dag), [mcid, *m.tables], True
+        try:
+            root = self.store.get(mcid)
+            mcid.verify(root)
+            head = decode_head(root)
+        except MedmeshError:
+            return [], [mcid], False
+        data = list(head.dag)
+        for t, table in enumerate(head.tables):
+            try:
+                raw = self.store.get(table)
+                table.verify(raw)
+                stripes = decode_table(raw, head.n, t * TABLE_STRIPES)
+            except MedmeshError:
+                continue
+            data.extend(c for st in stripes for c in st.shares if c is not None)
+        return data, [mcid, *head.tables], False
 
     def manifests(self, obj: Cid) -> list[Cid]:
         with self._db_lock:
