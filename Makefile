@@ -1,5 +1,5 @@
 # medmesh — two commands do all set-up on a fresh machine:
-#   make up     start the local network (storage nodes under $(HOME_DIR))
+#   make up     start the local network (chain, storage nodes, gateway under $(HOME_DIR))
 #   make test   run the test suite
 # Both create .venv from pyproject.toml + requirements.lock on first use.
 
@@ -28,13 +28,16 @@ venv: $(STAMP)
 up: $(STAMP) $(ANVIL)
 	$(BIN)/medmesh --home $(HOME_DIR) chain up
 	$(BIN)/medmesh --home $(HOME_DIR) devnet up --nodes $(NODES)
+	$(BIN)/medmesh --home $(HOME_DIR) gateway up
 
 down: $(STAMP)
+	-$(BIN)/medmesh --home $(HOME_DIR) gateway down
 	$(BIN)/medmesh --home $(HOME_DIR) devnet down
 	$(BIN)/medmesh --home $(HOME_DIR) chain down
 
 status: $(STAMP)
 	-$(BIN)/medmesh --home $(HOME_DIR) chain status
+	-$(BIN)/medmesh --home $(HOME_DIR) gateway status
 	$(BIN)/medmesh --home $(HOME_DIR) devnet status
 
 test: $(STAMP) $(ANVIL)

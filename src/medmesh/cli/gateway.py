@@ -6,7 +6,18 @@ from typing import Annotated
 
 import typer
 
-from medmesh.cli.common import console, errors, open_client, open_wallet, state
+from medmesh.cli.common import (
+    console,
+    errors,
+    fail,
+    open_client,
+    open_wallet,
+    out,
+    passphrase,
+    print_json,
+    state,
+)
+from medmesh.consent.daemon import DEFAULT_GATEWAY_PORT
 
 app = typer.Typer(help="Run the consent gateway.", no_args_is_help=True)
 
@@ -14,12 +25,16 @@ app = typer.Typer(help="Run the consent gateway.", no_args_is_help=True)
 @app.command()
 def run(
     ctx: typer.Context,
-    port: Annotated[int, typer.Option(help="HTTP port on 127.0.0.1.")] = 7700,
+    port: Annotated[int, typer.Option(help="HTTP port on 127.0.0.1.")] = DEFAULT_GATEWAY_PORT,
     host: Annotated[
         str, typer.Option(help="Address to bind (127.0.0.1 in local mode).")
     ] = "127.0.0.1",
+    pid_file: Annotated[
+        str | None, typer.Option(help="Write the service's PID here (used by `gateway up`).")
+    ] = None,
 ) -> None:
-    """Serve consent-checked ciphertext and key capsules (sign in with Ethereum)."""
+    """Serve consent-checked ciphertext and key capsules (sign in with Ethereum), in the
+    foreground; `gateway up` runs it in the background."""
     import threading
 
     import uvicorn
@@ -43,6 +58,10 @@ def run(
     )
     follower.start()
     log.start()
+    if pid_file:
+        from medmesh.consent.daemon import write_pid_file
+
+        write_pid_file(pid_file)
     console.print(
         f"consent gateway on http://{domain} (chain {ledger.chain_id}, wallet {wallet.address})"
     )
@@ -51,3 +70,49 @@ def run(
     finally:
         stop.set()
         log.stop()
+
+
+@app.command()
+def up(
+    ctx: typer.Context,
+    port: Annotated[int, typer.Option(help="HTTP port on 127.0.0.1.")] = DEFAULT_GATEWAY_PORT,
+    json_out: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Start the gateway in the background (log and PID under <home>/gateway)."""
+    from medmesh.consent.daemon import GatewayDaemon
+
+    home = state(ctx).home
+    with errors():
+        phrase = passphrase()
+        open_wallet(home)  # fail here, clearly, on a wrong passphrase
+        st = GatewayDaemon(home).up(port, passphrase=phrase)
+    if json_out:
+        print_json(st.to_json())
+        return
+    out.print(f"consent gateway at {st.url} (pid {st.pid}, log {st.log})")
+
+
+@app.command()
+def status(ctx: typer.Context, json_out: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Is the background gateway running, and where."""
+    from medmesh.consent.daemon import GatewayDaemon, health
+
+    st = GatewayDaemon(state(ctx).home).status()
+    answering = bool(st.running and st.url and health(st.url))
+    if json_out:
+        print_json({**st.to_json(), "answering": answering})
+        return
+    if not st.running:
+        fail(f"consent gateway: down (log {st.log})")
+    word = "[green]up[/]" if answering else "[yellow]not answering[/]"
+    out.print(f"consent gateway: {word} at {st.url}, pid {st.pid}")
+
+
+@app.command()
+def down(ctx: typer.Context) -> None:
+    """Stop the background gateway (pending access logs are flushed to the chain first)."""
+    from medmesh.consent.daemon import GatewayDaemon
+
+    with errors():
+        stopped = GatewayDaemon(state(ctx).home).down()
+    out.print("consent gateway stopped" if stopped else "consent gateway was not running")

@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from medmesh.cli.common import errors, open_client, open_wallet, out, print_json, state
+from medmesh.errors import InvalidInputError
 from medmesh.storage.cid import Cid
 
 app = typer.Typer(help="Store, list, fetch and erase your records.", no_args_is_help=True)
@@ -96,3 +97,44 @@ def get(
     with errors():
         result = open_client(state(ctx).home).get(cid, output)
     out.print(f"wrote {result.size} bytes to {output}")
+
+
+@app.command()
+def erase(
+    ctx: typer.Context,
+    cid: Annotated[str, typer.Argument(help="CID of any version of the record.")],
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
+    json_out: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Erase a record for good (every version): marked erased on the ledger, so no grant
+    reaches it from the next block on; its key capsules destroyed (grants covering other
+    records get new capsule blocks); its ciphertext deleted from the storage nodes. The
+    ledger keeps only that an anchor existed and was erased. Run again if some node was
+    unreachable."""
+    import sys
+
+    with errors():
+        target = Cid.parse(cid)
+        if not yes:
+            if not sys.stdin.isatty():
+                raise InvalidInputError("erasing cannot be undone: confirm with --yes")
+            if not typer.confirm(f"erase every version of {target} for good?"):
+                raise typer.Exit(1)
+        result = keeper(ctx).erase(target)
+    if json_out:
+        print_json(result.to_json())
+        return
+    out.print(
+        f"erased {len(result.cids)} version(s) on the ledger"
+        + (f" ({len(result.txs)} tx)" if result.txs else " (already erased)")
+    )
+    out.print(
+        f"destroyed {result.capsule_blocks} capsule block(s); re-granted {len(result.regranted)} "
+        f"grant(s) without it; deleted {result.blocks_deleted} block(s) from the nodes"
+    )
+    if result.unreachable:
+        out.print(
+            f"[yellow]not reached:[/] {', '.join(result.unreachable)}: run `medmesh records "
+            f"erase {cid}` again when they are back"
+        )
+        raise typer.Exit(2)

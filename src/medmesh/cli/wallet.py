@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from medmesh.cli.common import errors, out, passphrase, print_json, state
-from medmesh.identity import Wallet, load_wallet, read_address, save_wallet
+from medmesh.cli.common import errors, fail, out, passphrase, print_json, state
+from medmesh.config import ENV_PASSPHRASE
+from medmesh.errors import InvalidInputError, KeystoreError
+from medmesh.identity import Wallet, import_wallet, load_wallet, read_address, save_wallet
 
 app = typer.Typer(
     help="Create and inspect your wallet (signing + encryption keys).", no_args_is_help=True
@@ -62,3 +67,85 @@ def show(
         for key, value in info.items():
             shown = value if len(value) < 80 else value[:77] + "..."
             out.print(f"{key:22} {shown}")
+
+
+def _source_passphrase(path: Path) -> str:
+    env = os.environ.get("MEDMESH_IMPORT_PASSPHRASE", os.environ.get(ENV_PASSPHRASE))
+    if env is not None:
+        return env
+    if not sys.stdin.isatty():
+        raise KeystoreError(
+            f"set MEDMESH_IMPORT_PASSPHRASE (or {ENV_PASSPHRASE}) or run interactively "
+            f"to unlock {path}"
+        )
+    import getpass
+
+    return getpass.getpass(f"passphrase of {path.name}: ")
+
+
+@app.command("import")
+def import_(
+    ctx: typer.Context,
+    keystore: Annotated[
+        Path | None,
+        typer.Argument(
+            exists=True,
+            dir_okay=False,
+            help="A medmesh wallet file or any Ethereum keystore v3 (geth, MetaMask export).",
+        ),
+    ] = None,
+    private_key_file: Annotated[
+        Path | None,
+        typer.Option(
+            exists=True,
+            dir_okay=False,
+            help="Instead of a keystore: a file holding a hex secp256k1 private key.",
+        ),
+    ] = None,
+    suite: Annotated[
+        str,
+        typer.Option(help="Suite of the encryption key added to a plain Ethereum account."),
+    ] = "x25519",
+    force: Annotated[
+        bool,
+        typer.Option(help="Replace an existing wallet of another account (its keys are lost!)."),
+    ] = False,
+) -> None:
+    """Bring an existing account into medmesh. A medmesh wallet is copied as is; a plain
+    Ethereum account keeps its address and gets a new encryption key. The result is saved
+    under this home's passphrase (MEDMESH_PASSPHRASE, or asked twice); the source passphrase
+    comes from MEDMESH_IMPORT_PASSPHRASE, else MEDMESH_PASSPHRASE, else a prompt."""
+    home = state(ctx).home
+    if (keystore is None) == (private_key_file is None):
+        fail("give either a KEYSTORE file or --private-key-file")
+    with errors():
+        added = True
+        if keystore is not None:
+            wallet, added = import_wallet(keystore, _source_passphrase(keystore), suite=suite)
+        else:
+            assert private_key_file is not None
+            text = private_key_file.read_text(encoding="ascii", errors="replace").strip()
+            try:
+                raw = bytes.fromhex(text.removeprefix("0x"))
+            except ValueError:
+                raise InvalidInputError(
+                    f"{private_key_file} does not hold a hex private key"
+                ) from None
+            from medmesh.crypto import EncryptionPrivateKey
+
+            wallet = Wallet.from_keys(raw, [EncryptionPrivateKey.generate(suite)])
+        if home.wallet_file.exists():
+            try:
+                current = read_address(home.wallet_file)
+            except KeystoreError:
+                current = None
+            if current != wallet.address and not force:
+                fail(
+                    f"{home.wallet_file} holds another account ({current}); use --force to replace it"
+                )
+        home.ensure()
+        save_wallet(wallet, home.wallet_file, passphrase(confirm=True), force=force)
+    out.print(f"address {wallet.address}")
+    if added:
+        out.print(f"added   a new {suite} encryption key (register it: it is what grants wrap to)")
+    out.print(f"saved   {home.wallet_file}")

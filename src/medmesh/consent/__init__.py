@@ -7,4 +7,5 @@ and the gateway that enforces consent and logs every access.
     sessions     sign-in with Ethereum (EIP-4361) sessions
     access_log   allowed accesses on chain in batches, refusals locally
     gateway      the FastAPI service (``medmesh gateway run``)
+    daemon       the gateway as a background service of a home (``medmesh gateway up``)
 """

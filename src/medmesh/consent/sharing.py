@@ -9,9 +9,12 @@ It ties the three planes together for one wallet:
   record in scope for it (a capsule block in the storage network), then grant on chain with
   that block's digest;
 - ``revoke``: end the grant on chain (the gateway refuses from the next block on);
-- ``erase``: mark the record erased on chain (no grant reaches it any more) and delete its
-  blocks from the storage nodes that hold them (crypto-shredding: the record's capsules live
-  in its own header and in capsule blocks; without them the ciphertext is noise).
+- ``erase``: mark every version of a record erased on chain (no grant reaches it any more, at
+  once), rewrite the capsule blocks of current grants without its capsules (re-granting with
+  the new block), delete every capsule block that held one of its capsules, and delete its
+  ciphertext from the storage nodes (crypto-shredding: the data key lived only in the
+  record's header and in those capsules). Nodes that cannot be reached are reported; running
+  ``erase`` again finishes the job.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from typing import Any
 
 from eth_utils.address import to_checksum_address
 
-from medmesh.consent.capsules import CapsuleBlock
+from medmesh.consent.capsules import CapsuleBlock, cid_of_digest
 from medmesh.crypto.capsule import KeyCapsule
 from medmesh.crypto.envelope import NoCapsuleError, wrap_for_record
 from medmesh.crypto.keys import EncryptionPublicKey
@@ -36,7 +39,7 @@ from medmesh.ledger.tx import Receipt
 from medmesh.storage.cid import Cid
 from medmesh.storage.client import Client, Source
 
-__all__ = ["GrantResult", "PutRecord", "RecordKeeper"]
+__all__ = ["EraseResult", "GrantResult", "PutRecord", "RecordKeeper"]
 
 PREFIX_BYTES = 64 * 1024  # enough for the capsules and the stream header of any record
 
@@ -73,6 +76,23 @@ class GrantResult:
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
+
+
+@dataclass
+class EraseResult:
+    cids: list[str]  # every version of the record
+    txs: list[str]  # erase transactions sent now (empty when all were already erased)
+    regranted: list[str]  # grantees whose capsule block was rewritten without the record
+    capsule_blocks: int  # capsule blocks destroyed
+    blocks_deleted: int  # blocks deleted from storage nodes (ciphertext and capsule blocks)
+    unreachable: list[str]  # nodes that may still hold blocks: run erase again
+
+    @property
+    def complete(self) -> bool:
+        return not self.unreachable
+
+    def to_json(self) -> dict[str, Any]:
+        return {**self.__dict__, "complete": self.complete}
 
 
 class RecordKeeper:
@@ -124,14 +144,14 @@ class RecordKeeper:
             if grantee != self.wallet.address:
                 recipients.append(self.encryption_key_of(grantee))
         stored = self.client.put(source, recipients=recipients)
-        previous = record_id(supersedes) if supersedes is not None else b"\0" * 32
+        previous = record_id(owner, supersedes) if supersedes is not None else b"\0" * 32
         if owner == self.wallet.address:
             receipt = self.ledger.records.anchor(stored.cid, kind, previous)
         else:
             receipt = self.ledger.records.anchor_for(owner, stored.cid, kind, previous)
         return PutRecord(
             stored.cid,
-            record_id(stored.cid),
+            record_id(owner, stored.cid),
             kind,
             stored.size,
             len(recipients) + 1,
@@ -216,3 +236,94 @@ class RecordKeeper:
 
     def revoke(self, grantee: str, scope: Scope) -> str:
         return self.ledger.consent.revoke(to_checksum_address(grantee), scope).tx_hash
+
+    # -- erasure ------------------------------------------------------------------------------
+
+    def _versions(self, cid: Cid) -> list[RecordRow]:
+        """Every version of the record that ``cid`` is a version of (oldest first)."""
+        rows = self.indexer.records(self.wallet.address, include_history=True)
+        by_id = {r.record: r for r in rows}
+        start = next((r for r in rows if r.cid == bytes(cid)), None)
+        if start is None:
+            raise NotFoundError("no record of yours has this CID")
+        newer = {r.supersedes: r for r in rows if r.supersedes is not None}
+        chain = [start]
+        while chain[0].supersedes is not None and chain[0].supersedes in by_id:
+            chain.insert(0, by_id[chain[0].supersedes])
+        while chain[-1].record in newer:
+            chain.append(newer[chain[-1].record])
+        return chain
+
+    def erase(self, cid: Cid) -> EraseResult:
+        """Erase every version of the record ``cid`` belongs to; see the module docstring."""
+        self.indexer.sync()
+        versions = self._versions(cid)
+        ids = {v.record for v in versions}
+        pending = [v for v in versions if not v.erased]
+        txs = (
+            [
+                r.tx_hash
+                for r in self.ledger.transact_many(
+                    [self.ledger.records.tx("erase", v.record) for v in pending]
+                )
+            ]
+            if pending
+            else []
+        )
+        self.indexer.sync()
+        return asyncio.run(self._erase_off_chain(versions, ids, txs))
+
+    async def _erase_off_chain(
+        self, versions: list[RecordRow], ids: set[bytes], txs: list[str]
+    ) -> EraseResult:
+        result = EraseResult([str(Cid.from_bytes(v.cid)) for v in versions], txs, [], 0, 0, [])
+        unreachable: set[str] = set()
+        try:
+            current = {
+                g.capsule: g
+                for g in self.indexer.grants(patient=self.wallet.address, active_at=time.time())
+                if g.capsule is not None
+            }
+            for digest in self.indexer.capsule_refs(self.wallet.address):
+                block_cid = cid_of_digest(digest)
+                try:
+                    block = CapsuleBlock.decode(await self._fetch(block_cid))
+                except NotFoundError:
+                    continue  # already destroyed (a previous erase) or never stored
+                if not ids & block.capsules.keys():
+                    continue
+                grant = current.get(digest)
+                if grant is not None:
+                    kept = {r: c for r, c in block.capsules.items() if r not in ids}
+                    new_digest = bytes(32)
+                    if kept:
+                        new_cid = await self.client.aput_block(
+                            CapsuleBlock(block.grantee, kept).encode()
+                        )
+                        new_digest = bytes(new_cid.digest)
+                    self.ledger.consent.grant(
+                        grant.grantee,
+                        Scope.from_word(grant.scope),
+                        grant.purposes,
+                        grant.expiry,
+                        new_digest,
+                    )
+                    result.regranted.append(grant.grantee)
+                report = await self.client.aerase(block_cid)
+                result.capsule_blocks += 1
+                result.blocks_deleted += report.deleted
+                unreachable.update(report.unreachable)
+            for v in versions:
+                report = await self.client.aerase(Cid.from_bytes(v.cid))
+                result.blocks_deleted += report.deleted
+                unreachable.update(report.unreachable)
+        finally:
+            await self.client.store.close()
+        result.unreachable = sorted(unreachable)
+        return result
+
+    async def _fetch(self, cid: Cid) -> bytes:
+        buf = bytearray()
+        async for piece in self.client.store.get(cid):
+            buf += piece
+        return bytes(buf)

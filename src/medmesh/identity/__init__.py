@@ -21,6 +21,7 @@ Example::
 from __future__ import annotations
 
 from medmesh.identity.keystore import WrongPassphraseError as WrongPassphraseError
+from medmesh.identity.keystore import import_wallet as import_wallet
 from medmesh.identity.keystore import load_wallet as load_wallet
 from medmesh.identity.keystore import read_address as read_address
 from medmesh.identity.keystore import save_wallet as save_wallet
@@ -31,6 +32,7 @@ from medmesh.identity.wallet import verify_signer as verify_signer
 __all__ = [
     "Wallet",
     "WrongPassphraseError",
+    "import_wallet",
     "load_wallet",
     "read_address",
     "recover_signer",

@@ -58,6 +58,7 @@ __all__ = [
     "DEFAULT_SCRYPT_N",
     "KEYSTORE_VERSION",
     "WrongPassphraseError",
+    "import_wallet",
     "load_wallet",
     "read_address",
     "save_wallet",
@@ -268,3 +269,30 @@ def load_wallet(path: str | os.PathLike[str], passphrase: str) -> Wallet:
     if isinstance(stored, str) and stored.lower().removeprefix("0x") != wallet.address[2:].lower():
         raise KeystoreError(f"keystore {target}: address does not match its key")
     return wallet
+
+
+def import_wallet(
+    path: str | os.PathLike[str], passphrase: str, *, suite: str = "x25519"
+) -> tuple[Wallet, bool]:
+    """Open a wallet made elsewhere: a medmesh keystore, or any Ethereum keystore v3.
+
+    A medmesh keystore comes back whole. A plain Ethereum keystore (geth, MetaMask, ``eth_account``)
+    holds only the account's secp256k1 key: a new encryption key of ``suite`` is made for it, so
+    the account keeps its address and gains what medmesh needs to receive records. Returns the
+    wallet and whether an encryption key was added.
+    """
+    target = Path(path)
+    keyfile = _read_json(target)
+    if isinstance(keyfile.get("medmesh"), dict):
+        return load_wallet(target, passphrase), False
+    if not isinstance(keyfile.get("crypto", keyfile.get("Crypto")), dict):
+        raise KeystoreError(f"{target} is not an Ethereum keystore (v3 JSON with a crypto section)")
+    signing_key = _unlock(target, keyfile, passphrase)
+    try:
+        wallet = Wallet.from_keys(signing_key, [EncryptionPrivateKey.generate(suite)])
+    except InvalidInputError as exc:
+        raise KeystoreError(f"keystore {target} holds an invalid signing key") from exc
+    stored = keyfile.get("address")
+    if isinstance(stored, str) and stored.lower().removeprefix("0x") != wallet.address[2:].lower():
+        raise KeystoreError(f"keystore {target}: address does not match its key")
+    return wallet, True

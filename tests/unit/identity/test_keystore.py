@@ -13,6 +13,7 @@ from eth_account import Account
 from medmesh.errors import InvalidInputError, KeystoreError
 from medmesh.identity.keystore import (
     WrongPassphraseError,
+    import_wallet,
     load_wallet,
     read_address,
     save_wallet,
@@ -195,3 +196,62 @@ def test_bad_scrypt_cost_and_folder(tmp_path: Path, wallet: Wallet) -> None:
         save_wallet(wallet, tmp_path / "w.json", PASSPHRASE, scrypt_n=1000)
     with pytest.raises(KeystoreError, match="cannot write"):
         save_wallet(wallet, tmp_path / "missing" / "w.json", PASSPHRASE, scrypt_n=N)
+
+
+# --- import -------------------------------------------------------------------------------
+
+
+def _plain_keystore(tmp_path: Path, key: bytes, **changes: Any) -> Path:
+    """An Ethereum keystore v3 as geth or MetaMask writes it: no medmesh section."""
+    document = dict(Account.encrypt(key, PASSPHRASE, kdf="scrypt", iterations=N))
+    document.update(changes)
+    path = tmp_path / "UTC--2026-11-22--account.json"
+    path.write_text(json.dumps(document))
+    return path
+
+
+def test_import_plain_ethereum_keystore_keeps_the_address_and_adds_an_encryption_key(
+    tmp_path: Path,
+) -> None:
+    account = Account.create()
+    path = _plain_keystore(tmp_path, bytes(account.key))
+    wallet, added = import_wallet(path, PASSPHRASE, suite="mlkem768-x25519")
+    assert added is True
+    assert wallet.address == account.address
+    assert wallet.encryption_public_key.suite == "mlkem768-x25519"
+    # and it saves and reloads as a medmesh wallet
+    saved = save_wallet(wallet, tmp_path / "wallet.json", PASSPHRASE, scrypt_n=N)
+    again = load_wallet(saved, PASSPHRASE)
+    assert again.address == account.address
+    assert again.encryption_public_key == wallet.encryption_public_key
+
+
+def test_import_medmesh_keystore_returns_the_whole_wallet(saved: Path, wallet: Wallet) -> None:
+    got, added = import_wallet(saved, PASSPHRASE)
+    assert added is False
+    assert got.address == wallet.address
+    assert [k.public_key() for k in got.encryption_keys] == [
+        k.public_key() for k in wallet.encryption_keys
+    ]
+
+
+def test_import_refuses_wrong_passphrase_and_non_keystores(tmp_path: Path) -> None:
+    path = _plain_keystore(tmp_path, bytes(Account.create().key))
+    with pytest.raises(WrongPassphraseError):
+        import_wallet(path, "not the passphrase")
+    other = tmp_path / "notes.json"
+    other.write_text('{"resourceType": "Patient"}')
+    with pytest.raises(KeystoreError, match="not an Ethereum keystore"):
+        import_wallet(other, PASSPHRASE)
+    junk = tmp_path / "junk.json"
+    junk.write_text("{")
+    with pytest.raises(KeystoreError, match="not valid JSON"):
+        import_wallet(junk, PASSPHRASE)
+
+
+def test_import_refuses_a_keystore_whose_address_is_not_its_key(tmp_path: Path) -> None:
+    path = _plain_keystore(
+        tmp_path, bytes(Account.create().key), address=Account.create().address[2:].lower()
+    )
+    with pytest.raises(KeystoreError, match="address does not match"):
+        import_wallet(path, PASSPHRASE)
