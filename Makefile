@@ -45,8 +45,9 @@ test: $(STAMP) $(ANVIL)
 	$(BIN)/mypy
 	$(BIN)/python -m pytest
 
-bench: $(STAMP)
+bench: $(STAMP) $(ANVIL)
 	$(BIN)/python bench/storage.py
+	$(BIN)/python bench/ledger.py
 
 clean:
 	rm -rf $(VENV) node_modules build *.egg-info src/*.egg-info .pytest_cache .mypy_cache .ruff_cache
