@@ -252,6 +252,9 @@ def scenario(net: Net) -> Scenario:
             "scope": "0x" + bytes(scope).hex(),
             "purposes": purposes.get(event),
             "expiry": args.get("expiry"),
+            "capsule": "0x" + bytes(args["capsule"]).hex()
+            if event == "granted" and any(args["capsule"])
+            else None,
             "at": timestamp(receipt.block_number),
             "tx": receipt.tx_hash,
         }
