@@ -1,4 +1,5 @@
-"""Ledger benchmark: gas per call, consent grants per second from one client, chain growth.
+"""Ledger benchmark: gas per call, consent grants per second from one client, chain growth,
+consent gateway latency.
 
 Starts a real local chain in a temporary folder (Anvil under medmesh's supervisor, 1 s
 interval mining, state dumped to disk every second, a free port), deploys the contracts and
@@ -19,20 +20,37 @@ measures:
    (state.json), on the fresh chain and after the throughput run; with ``--grow N``, after
    every ``--grow-step`` more grants too (sent with at most 1,500 in flight); and, with
    ``--slots`` (default 50,000), on a second fresh chain holding that many storage slots
-   written with anvil_setStorageAt and no transactions, to separate state from history.
+   written with anvil_setStorageAt and no transactions, to separate state from history;
+4. the consent gateway (``--gateway``, default 10,000 requests; 0 skips it): a fresh chain,
+   three storage nodes (``Devnet``), a patient's seven records (six reached through capsule
+   blocks: one kind grant, two record grants; one sealed after its grant, its capsule in its
+   header), the gateway served by uvicorn on 127.0.0.1 with its index following the chain
+   and its access log flushing, as ``medmesh gateway run`` has them; the provider signs in
+   with Ethereum and a client process sends ``GET /v1/records/{id}/capsule?purpose=treatment``
+   over one keep-alive connection, one at a time: client-observed p50/p95/p99/max and
+   requests/s, and where the server spends a request (session, locate, the consent
+   ``eth_call``, access-log write-ahead, capsule lookup, whole ASGI app). Then a grant is
+   revoked while its record is being asked for: every answer is bracketed by two
+   ``eth_blockNumber`` probes, so it shows from which block the gateway refuses (the target:
+   the revoke's own block, the next one at worst) and that each refusal is logged. Last, the
+   access log is flushed and the ``AccessLogged`` events on chain are counted against the
+   allowed answers.
 
 Usage::
 
-    .venv/bin/python bench/ledger.py                        # the default run (about 70 s)
+    .venv/bin/python bench/ledger.py                        # the default run (about 2 min)
     .venv/bin/python bench/ledger.py --grants 1000          # a smaller throughput run
     .venv/bin/python bench/ledger.py --grow 50000           # then 50,000 more grants (~4 min)
+    .venv/bin/python bench/ledger.py --gateway-only         # only the gateway (about 1 min)
+    .venv/bin/python bench/ledger.py --gateway-only --gateway-follower process
 
 The machine's load average is recorded at start and end: on a shared 2-core machine other
 processes move the throughput figures by 10-20 %.
 
 Targets: first grant <= 50,000 gas, revoke <= 25,000, anchor one record <= 60,000, a batch
-of 1,000 records <= 100 gas per record, >= 300 grants/s confirmed from one client. Results go
-to ``--json`` (default ``bench/out/ledger.json``) as well as to the screen.
+of 1,000 records <= 100 gas per record, >= 300 grants/s confirmed from one client; gateway
+p50 <= 5 ms and p99 <= 20 ms over 10,000 requests, refusing from the block after a revoke at
+worst. Results go to ``--json`` (default ``bench/out/ledger.json``) as well as to the screen.
 """
 
 from __future__ import annotations
@@ -41,12 +59,16 @@ import argparse
 import contextlib
 import dataclasses
 import datetime as dt
+import http.client
 import itertools
 import json
+import math
+import multiprocessing
 import os
 import platform
 import shlex
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -59,20 +81,32 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+import httpx
+import uvicorn
 from eth_abi.abi import encode as abi_encode
 from eth_utils.crypto import keccak
 from rich.console import Console
 from rich.table import Table
 
+from medmesh.consent.access_log import AccessLog
+from medmesh.consent.gateway import Gateway, create_app
+from medmesh.consent.sharing import RecordKeeper
+from medmesh.daemons import free_port
+from medmesh.devnet import Devnet
 from medmesh.errors import LedgerError
 from medmesh.identity import Wallet
+from medmesh.identity.siwe import new_message
 from medmesh.ledger.chains import LocalChain, anvil_binary
 from medmesh.ledger.client import Ledger
-from medmesh.ledger.contracts import ConsentContract, Purpose, Role, Scope, kind_tag
-from medmesh.ledger.deploy import deploy
+from medmesh.ledger.contracts import ConsentContract, Purpose, Role, Scope, kind_tag, record_id
+from medmesh.ledger.deploy import AddressBook, deploy
+from medmesh.ledger.indexer import Indexer
 from medmesh.ledger.rpc import Rpc
 from medmesh.ledger.tx import Call, Receipt, Signer, TxSender
+from medmesh.storage.backends.network import NetworkStore
 from medmesh.storage.cid import DAG_CBOR, Cid
+from medmesh.storage.client import Client
+from medmesh.storage.uploader import StoreParams
 
 console = Console(width=None if sys.stdout.isatty() else 132)
 ROOT = Path(__file__).resolve().parents[1]
@@ -84,6 +118,9 @@ FUNDS = 10**21
 STAGE_GAS = 1_000_000  # fixed limit for gas-table calls that depend on earlier, unmined ones
 GROW_WINDOW = 1_500  # grants in flight during --grow steps (keeps fee quotes fresh)
 
+GATEWAY_TARGETS = {"p50_ms": 5.0, "p99_ms": 20.0}
+WARM_UP = 50  # untimed gateway requests before the timed ones
+FOLLOW_INTERVAL = 0.5  # s between index syncs, as `medmesh gateway run` (Indexer.follow)
 TARGETS = {
     "first_grant": 50_000,
     "revoke": 25_000,
@@ -388,7 +425,7 @@ def bench_gas(ledgers: dict[str, Ledger], wallets: dict[str, Wallet]) -> dict[st
     gov, pat = ledgers["governance"], ledgers["patient"]
     expiry = int(time.time()) + 365 * 86400
     cid1, cid2 = new_cid(), new_cid()
-    record1 = Scope.record(cid1)
+    record1 = Scope.record(patient, cid1)
     kind = Scope.kind(KIND)
     tag = kind_tag(KIND)
 
@@ -452,7 +489,7 @@ def bench_gas(ledgers: dict[str, Ledger], wallets: dict[str, Wallet]) -> dict[st
                 ),
                 ("revoke", fixed(pat.consent.tx("revoke", provider, kind.word))),
                 ("supersede", fixed(pat.records.anchor_call(cid2, KIND, record1.word))),
-                ("erase", fixed(pat.records.tx("erase", keccak(cid2)))),
+                ("erase", fixed(pat.records.tx("erase", record_id(patient, cid2)))),
                 ("anchor_batch", fixed(pat.records.tx("anchor_batch", root, len(leaves)))),
             ],
         ),
@@ -650,6 +687,452 @@ def one_at_a_time(sender: TxSender, consent: ConsentContract, n: int, gas: int) 
     }
 
 
+# -- 4. gateway -----------------------------------------------------------------------------------
+
+
+class Stopwatch:
+    """Per-call durations of wrapped callables, by name: where the gateway spends a request."""
+
+    def __init__(self) -> None:
+        self.times: dict[str, list[float]] = {}
+
+    def reset(self) -> None:
+        self.times = {name: [] for name in self.times}
+
+    def wrap(self, name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        self.times.setdefault(name, [])
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.times[name].append(time.perf_counter() - start)
+
+        return timed
+
+    def wrap_async(self, name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        self.times.setdefault(name, [])
+
+        async def timed(*args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return await fn(*args, **kwargs)
+            finally:
+                self.times[name].append(time.perf_counter() - start)
+
+        return timed
+
+    def asgi(self, name: str, app: Any) -> Any:
+        """``app`` behind an ASGI wrapper timing each HTTP request to its last byte."""
+        self.times.setdefault(name, [])
+
+        async def timed(scope: Any, receive: Any, send: Any) -> None:
+            if scope["type"] != "http":
+                await app(scope, receive, send)
+                return
+            start = time.perf_counter()
+            try:
+                await app(scope, receive, send)
+            finally:
+                self.times[name].append(time.perf_counter() - start)
+
+        return timed
+
+    def summary(self) -> dict[str, dict[str, float]]:
+        return {name: percentiles(values) for name, values in self.times.items() if values}
+
+
+def percentiles(seconds: Sequence[float]) -> dict[str, float]:
+    """count, mean, p50, p95, p99 and max of ``seconds``, the latter five in milliseconds."""
+    ordered = sorted(seconds)
+    n = len(ordered)
+
+    def rank(q: float) -> float:  # nearest rank
+        return ordered[max(0, math.ceil(q * n) - 1)] * 1000
+
+    return {
+        "count": n,
+        "mean_ms": statistics.fmean(ordered) * 1000,
+        "p50_ms": rank(0.50),
+        "p95_ms": rank(0.95),
+        "p99_ms": rank(0.99),
+        "max_ms": ordered[-1] * 1000,
+    }
+
+
+def hammer(
+    port: int, token: str, paths: list[str], capsules: list[bool], n: int, conn: Any
+) -> None:
+    """The load client, in its own process: ``n`` GETs over one keep-alive connection.
+
+    ``capsules[i]``: whether ``paths[i]`` should come with a capsule (False: the record's
+    header holds it). Sends its latencies (client-observed, request written to body read)
+    back over ``conn``. Waits for a "go" after a short warm-up, so the server's counters can
+    be reset.
+    """
+    headers = {"Authorization": f"Bearer {token}"}
+    client = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+
+    def get(i: int) -> tuple[int, bool]:
+        client.request("GET", paths[i], headers=headers)
+        response = client.getresponse()
+        body = response.read()
+        ok = response.status == 200 and (json.loads(body)["capsule"] is not None) == capsules[i]
+        return response.status, ok
+
+    for i in range(WARM_UP):
+        get(i % len(paths))
+    conn.send("warm")
+    conn.recv()
+    latencies: list[float] = []
+    statuses: Counter[int] = Counter()
+    as_expected = 0
+    cpu0 = time.process_time()
+    t0 = time.perf_counter()
+    for i in range(n):
+        start = time.perf_counter()
+        status, ok = get(i % len(paths))
+        latencies.append(time.perf_counter() - start)
+        statuses[status] += 1
+        as_expected += ok
+    elapsed = time.perf_counter() - t0
+    client.close()
+    conn.send(
+        {
+            "latencies": latencies,
+            "statuses": dict(statuses),
+            "capsule_as_expected": as_expected,
+            "seconds": elapsed,
+            "cpu_s": time.process_time() - cpu0,
+        }
+    )
+
+
+@dataclasses.dataclass
+class GatewayWorld:
+    """A local chain, three storage nodes, a patient's records and a gateway serving them."""
+
+    chain: LocalChain
+    rpc_url: str
+    rpc: Rpc
+    patient: Ledger
+    provider: Wallet
+    gateway: Gateway
+    log: AccessLog
+    port: int
+    records: list[tuple[bytes, bool]]  # (record id, capsule from a block?), in request order
+    revocable: tuple[bytes, Scope]  # a record reached only by a record-scope grant
+    stopwatch: Stopwatch
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+def follow_index(rpc_url: str, book: AddressBook, db_url: str, halt: Any) -> None:
+    """Keep the index at ``db_url`` following the chain until ``halt`` is set (own process)."""
+    with Ledger(rpc_url, book) as ledger:
+        Indexer(ledger, db_url).follow(halt, interval=FOLLOW_INTERVAL)
+
+
+def start_gateway_world(
+    stack: contextlib.ExitStack, work: Path, stopwatch: Stopwatch, follower: str = "thread"
+) -> GatewayWorld:
+    """Chain, nodes, records, grants and a gateway on 127.0.0.1: all stopped by ``stack``.
+
+    The index follows the chain in a thread of the gateway's process, as ``medmesh gateway
+    run`` has it, or (``follower="process"``) in a process of its own.
+    """
+    nodes = Devnet(work / "gateway-nodes")
+    gov, patient, provider = (Wallet.create() for _ in range(3))
+    stack.callback(nodes.down)
+    node_urls = [s.url for s in nodes.up(3, trusted=[gov.address, patient.address], base_port=0)]
+    chain, url, watch = start_chain(stack, work / "gateway-chain")
+    watch.stop()  # its polling thread would share the gateway's interpreter
+    rpc = stack.enter_context(Rpc(url, timeout=60.0))
+    fund(rpc, gov.address, patient.address, provider.address)
+    book = deploy(TxSender(rpc, gov))
+    ledgers = {
+        w.address: stack.enter_context(
+            Ledger(url, book, signer=w, durable=chain.wait_durable, timeout=60.0)
+        )
+        for w in (gov, patient, provider)
+    }
+    g, pat, prov = (ledgers[w.address] for w in (gov, patient, provider))
+    assert g.sender and pat.sender and prov.sender
+    hashes = [
+        pat.sender.send(pat.registry.tx("register", patient.encryption_public_key.to_bytes(), "")),
+        prov.sender.send(
+            prov.registry.tx("register", provider.encryption_public_key.to_bytes(), "")
+        ),
+        *g.sender.send_many(
+            [
+                g.registry.tx("admit", gov.address, int(Role.GATEWAY)),
+                g.registry.tx("admit", provider.address, int(Role.PROVIDER)),
+            ]
+        ),
+    ]
+    receipts = g.sender.wait(hashes)
+    chain.wait_durable(max(r.block_number for r in receipts))
+
+    params = StoreParams(k=2, n=3)
+    keeper = RecordKeeper(
+        patient,
+        pat,
+        Indexer(pat, f"sqlite:///{work}/gateway-patient.db"),
+        Client(NetworkStore(node_urls, signer=patient, params=params), patient),
+    )
+
+    def put(kind: str) -> bytes:
+        return keeper.put(f"record: {os.urandom(8).hex()}".encode() * 64, kind).record
+
+    observations = [put(KIND) for _ in range(4)]
+    conditions = [put("fhir:Condition") for _ in range(2)]
+    expiry = int(time.time()) + 86400
+    keeper.grant(provider.address, Scope.kind(KIND), Purpose.TREATMENT, expiry)
+    record_scopes = [Scope(r, f"record:0x{r.hex()}") for r in conditions]
+    for scope in record_scopes:
+        keeper.grant(provider.address, scope, Purpose.TREATMENT, expiry)
+    later = put(KIND)  # sealed for the provider too: its capsule is in its own header
+    records = [(r, True) for r in observations + conditions] + [(later, False)]
+
+    index_url = f"sqlite:///{work}/gateway-index.db"
+    indexer = Indexer(g, index_url)
+    indexer.sync()
+    log = AccessLog(g, f"sqlite:///{work}/gateway.db")
+    port = free_port(socket.SOCK_STREAM)
+    gateway = Gateway(g, indexer, NetworkStore(node_urls, signer=gov, params=params), log,
+                      domain=f"127.0.0.1:{port}", uri=f"http://127.0.0.1:{port}")  # fmt: skip
+    if follower == "process":
+        ctx = multiprocessing.get_context("spawn")
+        stop_following = ctx.Event()
+        process = ctx.Process(
+            target=follow_index, args=(url, book, index_url, stop_following), daemon=True
+        )
+        process.start()
+        stack.callback(process.join, 10.0)
+        stack.callback(stop_following.set)
+    else:
+        halt = threading.Event()
+        thread = threading.Thread(
+            target=indexer.follow,
+            args=(halt,),
+            kwargs={"interval": FOLLOW_INTERVAL},
+            daemon=True,
+            name="medmesh-indexer",
+        )
+        thread.start()
+        stack.callback(thread.join, 5.0)
+        stack.callback(halt.set)
+    log.start()
+    stack.callback(log.stop, flush=False)
+
+    # where the server spends a request (each wrapper costs well under a microsecond)
+    gateway.sessions.resolve = stopwatch.wrap("session", gateway.sessions.resolve)  # type: ignore[method-assign]
+    gateway._locate = stopwatch.wrap("locate (index)", gateway._locate)  # type: ignore[method-assign]
+    if hasattr(gateway, "_decide"):  # since the gateway encodes the call itself
+        gateway._decide = stopwatch.wrap("consent (eth_call)", gateway._decide)  # type: ignore[method-assign]
+    else:
+        g.consent.has_access = stopwatch.wrap("consent (eth_call)", g.consent.has_access)  # type: ignore[method-assign]
+    log.allowed = stopwatch.wrap("access log (enqueue)", log.allowed)  # type: ignore[method-assign]
+    gateway.capsule_for = stopwatch.wrap_async("capsule lookup", gateway.capsule_for)  # type: ignore[method-assign]
+    app = stopwatch.asgi("server total (ASGI)", create_app(gateway))
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+    )
+    serving = threading.Thread(target=server.run, daemon=True, name="gateway-http")
+    serving.start()
+    stack.callback(serving.join, 10.0)
+    stack.callback(setattr, server, "should_exit", True)
+    deadline = time.monotonic() + 10
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.02)
+    if not server.started:
+        raise LedgerError("the gateway did not start")
+    return GatewayWorld(
+        chain, url, rpc, pat, provider, gateway, log, port, records,
+        (record_scopes[0].word, record_scopes[0]), stopwatch,
+    )  # fmt: skip
+
+
+def siwe_login(http: httpx.Client, wallet: Wallet) -> str:
+    info = http.get("/v1/auth/nonce").json()
+    message = new_message(
+        info["domain"], wallet.address, info["uri"], info["chain_id"], nonce=info["nonce"]
+    ).to_text()
+    signature = "0x" + wallet.sign_message(message.encode()).hex()
+    answer = http.post("/v1/auth/login", json={"message": message, "signature": signature})
+    answer.raise_for_status()
+    return str(answer.json()["token"])
+
+
+def capsule_path(record: bytes) -> str:
+    return f"/v1/records/0x{record.hex()}/capsule?purpose=treatment"
+
+
+def timed_run(world: GatewayWorld, token: str, n: int) -> dict[str, Any]:
+    """``n`` capsule requests from a client process, round-robin over the records."""
+    paths = [capsule_path(r) for r, _ in world.records]
+    capsules = [c for _, c in world.records]
+    ctx = multiprocessing.get_context("spawn")
+    ours, theirs = ctx.Pipe()
+    client = ctx.Process(
+        target=hammer, args=(world.port, token, paths, capsules, n, theirs), daemon=True
+    )
+    client.start()
+    try:
+        if not ours.poll(60):
+            raise LedgerError("the load client did not start")
+        ours.recv()  # warmed up
+        status = world.chain.status()
+        anvil0, own0 = proc_cpu(status.anvil_pid), time.process_time()
+        sent0 = world.log.sent
+        block0 = block_number(world.rpc)
+        world.stopwatch.reset()
+        m0 = time.monotonic()
+        ours.send("go")
+        if not ours.poll(max(120.0, n / 20)):
+            raise LedgerError("the load client did not finish")
+        got: dict[str, Any] = ours.recv()
+        m1 = time.monotonic()
+        anvil1, own1 = proc_cpu(status.anvil_pid), time.process_time()
+    finally:
+        client.join(10)
+        if client.is_alive():
+            client.terminate()
+    latencies = got.pop("latencies")
+    return {
+        "requests": n,
+        "records": len(paths),
+        **got,
+        "requests_per_s": n / got["seconds"],
+        "latency": percentiles(latencies),
+        "server": world.stopwatch.summary(),
+        "gateway_cpu_s": own1 - own0,
+        "anvil_cpu_s": anvil1 - anvil0,
+        "log_sent_during": world.log.sent - sent0,
+        "log_pending_after": world.log.pending(),
+        "blocks": block_number(world.rpc) - block0,
+        "seconds_wall": m1 - m0,
+    }
+
+
+def revocation(world: GatewayWorld, http: httpx.Client, token: str) -> dict[str, Any]:
+    """Revoke a grant while asking for its record: from which block, how soon, is it refused?
+
+    Each request is bracketed by two eth_blockNumber probes, so every answer is placed between
+    two known chain heads; the revoke is sent without waiting, in the middle of the stream.
+    """
+    record, scope = world.revocable
+    path = capsule_path(record)
+    headers = {"Authorization": f"Bearer {token}"}
+    refusals_before = len(world.log.refusals(limit=1_000_000))
+    assert world.patient.sender is not None
+    samples: list[dict[str, Any]] = []
+    probes: list[tuple[float, int]] = []
+
+    def head() -> int:
+        number = block_number(world.rpc)
+        probes.append((time.perf_counter(), number))
+        return number
+
+    tx_hash: str | None = None
+    sent_at = 0.0
+    mined: int | None = None
+    refused_since_mined = 0
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and refused_since_mined < 50:
+        before = head()
+        start = time.perf_counter()
+        status = http.get(path, headers=headers).status_code
+        end = time.perf_counter()
+        after = head()
+        samples.append({"start": start, "end": end, "before": before, "after": after,
+                        "status": status})  # fmt: skip
+        if tx_hash is None and len(samples) >= 20:
+            tx_hash = world.patient.sender.send(
+                world.patient.consent.tx("revoke", world.provider.address, scope.word)
+            )
+            sent_at = time.perf_counter()
+        elif tx_hash is not None and mined is None:
+            receipt = world.rpc.call("eth_getTransactionReceipt", tx_hash)
+            if receipt:
+                if int(receipt["status"], 16) != 1:
+                    raise AssertionError("the revoke failed")
+                mined = int(receipt["blockNumber"], 16)
+        if mined is not None and status == 403:
+            refused_since_mined += 1
+    if mined is None:
+        raise AssertionError("the revoke was not mined within 30 s")
+    seen = min(t for t, number in probes if number >= mined)
+    allowed_after = [s for s in samples if s["before"] >= mined and s["status"] == 200]
+    refused = [s for s in samples if s["status"] == 403]
+    refused_before = [s for s in refused if s["after"] < mined]
+    first = refused[0] if refused else None
+    after_all = world.log.refusals(limit=1_000_000)
+    logged = [
+        r
+        for r in after_all[: len(after_all) - refusals_before]  # newest first
+        if r["record"] == "0x" + record.hex() and r["reason"] == "no_consent"
+    ]
+    return {
+        "requests": len(samples),
+        "revoke_block": mined,
+        "revoke_sent_to_seen_ms": (seen - sent_at) * 1000,
+        "allowed_after_revoke_block": len(allowed_after),
+        "refused_before_revoke_block": len(refused_before),
+        "first_refusal_head_before": first["before"] if first else None,
+        "first_refusal_head_after": first["after"] if first else None,
+        "first_refusal_blocks_after": max(0, first["before"] - mined) if first else None,
+        "first_refusal_ms_after_seen": max(0.0, (first["end"] - seen) * 1000) if first else None,
+        "last_allowed_head_before": max(
+            (s["before"] for s in samples if s["status"] == 200), default=None
+        ),
+        "refused": len(refused),
+        "refusals_logged": len(logged),
+        "statuses": dict(Counter(s["status"] for s in samples)),
+    }
+
+
+def bench_gateway(work: Path, n: int, follower: str = "thread") -> dict[str, Any]:
+    """The consent gateway under load, its revocation latency, and its log on chain."""
+    stopwatch = Stopwatch()
+    with contextlib.ExitStack() as stack:
+        console.print("gateway: 3 storage nodes, a local chain, 7 records, 3 grants ...")
+        t0 = time.perf_counter()
+        world = start_gateway_world(stack, work, stopwatch, follower)
+        http = stack.enter_context(httpx.Client(base_url=world.base, timeout=30.0))
+        token = siwe_login(http, world.provider)
+        setup_s = time.perf_counter() - t0
+        console.print(f"gateway: {n:,} capsule requests over one keep-alive connection ...")
+        load = timed_run(world, token, n)
+        console.print("gateway: revoking a grant mid-stream ...")
+        revoked = revocation(world, http, token)
+        allowed = WARM_UP + load["statuses"].get(200, 0) + revoked["statuses"].get(200, 0)
+        console.print("gateway: flushing the access log to the chain ...")
+        f0 = time.perf_counter()
+        pending = world.log.pending()
+        world.log.flush()
+        flush_s = time.perf_counter() - f0
+        world.gateway.indexer.sync()
+        on_chain = len(world.gateway.indexer.accesses(accessor=world.provider.address, limit=10**7))
+        return {
+            "follower": follower,
+            "setup_s": setup_s,
+            "load": load,
+            "revocation": revoked,
+            "access_log": {
+                "allowed_requests": allowed,
+                "pending_after_run": pending,
+                "flush_s": flush_s,
+                "on_chain": on_chain,
+                "all_on_chain": on_chain == allowed,
+                "refusals_logged_locally": revoked["refusals_logged"],
+            },
+        }
+
+
 # -- machine --------------------------------------------------------------------------------------
 
 
@@ -710,10 +1193,7 @@ def fmt(value: float | int | None, spec: str = ",.0f") -> str:
     return "-" if value is None else format(value, spec)
 
 
-def print_tables(results: dict[str, Any]) -> None:
-    m = results["machine"]
-    title = f"({m['host']}, {m['cores']} cores)"
-
+def print_ledger_tables(results: dict[str, Any], title: str) -> None:
     t = Table(title=f"medmesh ledger: gas from Anvil receipts {title}")
     t.add_column("call")
     t.add_column("gas", justify="right")
@@ -861,6 +1341,125 @@ def print_tables(results: dict[str, Any]) -> None:
     wide.print(t)
     if results.get("grow_error"):
         console.print(f"[red]growth stopped:[/red] {results['grow_error']}")
+
+
+def print_gateway_table(g: dict[str, Any], title: str) -> None:
+    load, rev, log = g["load"], g["revocation"], g["access_log"]
+    lat = load["latency"]
+    t = Table(
+        title=f"medmesh ledger: consent gateway, capsule requests, index follower in a "
+        f"{g['follower']} {title}"
+    )
+    t.add_column("measure")
+    t.add_column("value", justify="right")
+    t.add_column("target", justify="right")
+    t.add_column("ok", justify="center")
+    t.add_row(
+        f"{load['requests']:,} GET /v1/records/{{id}}/capsule over one keep-alive connection, "
+        f"{load['records']} records ({load['records'] - 1} with a capsule block)",
+        "",
+        "",
+        "",
+    )
+    t.add_row(
+        "  answers (status: count) / capsule as expected",
+        f"{', '.join(f'{k}: {v:,}' for k, v in sorted(load['statuses'].items()))} / "
+        f"{load['capsule_as_expected']:,}",
+        "",
+        ok_mark(load["capsule_as_expected"] == load["requests"]),
+    )
+    t.add_row(
+        "  latency p50",
+        f"{lat['p50_ms']:.2f} ms",
+        f"<= {GATEWAY_TARGETS['p50_ms']:g} ms",
+        ok_mark(lat["p50_ms"] <= GATEWAY_TARGETS["p50_ms"]),
+    )
+    t.add_row("  latency p95", f"{lat['p95_ms']:.2f} ms", "", "")
+    t.add_row(
+        "  latency p99",
+        f"{lat['p99_ms']:.2f} ms",
+        f"<= {GATEWAY_TARGETS['p99_ms']:g} ms",
+        ok_mark(lat["p99_ms"] <= GATEWAY_TARGETS["p99_ms"]),
+    )
+    t.add_row("  latency max / mean", f"{lat['max_ms']:.1f} / {lat['mean_ms']:.2f} ms", "", "")
+    t.add_row("  requests/s (one client, sequential)", f"{load['requests_per_s']:,.0f}", "", "")
+    t.add_row(
+        "  CPU: gateway process / Anvil / client, per request",
+        " / ".join(
+            f"{load[k] / load['requests'] * 1e3:.2f}"
+            for k in ("gateway_cpu_s", "anvil_cpu_s", "cpu_s")
+        )
+        + " ms",
+        "",
+        "",
+    )
+    t.add_row("server side, per request: mean / p50 / p99", "", "", "")
+    for name, s in load["server"].items():
+        t.add_row(
+            f"  {name}",
+            f"{s['mean_ms']:.3f} / {s['p50_ms']:.3f} / {s['p99_ms']:.2f} ms",
+            "",
+            "",
+        )
+    t.add_row("revocation, the grant revoked mid-stream", "", "", "")
+    t.add_row(
+        "  revoke mined in block / first refusal, heads around it",
+        f"{rev['revoke_block']} / {rev['first_refusal_head_before']}"
+        f"-{rev['first_refusal_head_after']}",
+        "",
+        "",
+    )
+    t.add_row(
+        "  blocks after the revoke's block until refused",
+        f"{rev['first_refusal_blocks_after']}",
+        "<= 1",
+        ok_mark(
+            rev["first_refusal_blocks_after"] is not None and rev["first_refusal_blocks_after"] <= 1
+        ),
+    )
+    t.add_row(
+        "  first refusal, after the block was seen",
+        f"{fmt(rev['first_refusal_ms_after_seen'], '.1f')} ms",
+        "",
+        "",
+    )
+    t.add_row(
+        "  allowed once the revoke's block was the head",
+        f"{rev['allowed_after_revoke_block']}",
+        "0",
+        ok_mark(rev["allowed_after_revoke_block"] == 0),
+    )
+    t.add_row(
+        "  refusals answered / logged locally",
+        f"{rev['refused']} / {rev['refusals_logged']}",
+        "",
+        ok_mark(rev["refused"] == rev["refusals_logged"]),
+    )
+    t.add_row("access log on chain (AccessLogged, indexed)", "", "", "")
+    t.add_row(
+        "  allowed requests / on chain",
+        f"{log['allowed_requests']:,} / {log['on_chain']:,}",
+        "",
+        ok_mark(log["all_on_chain"]),
+    )
+    t.add_row(
+        "  written during the run / pending at its end",
+        f"{load['log_sent_during']:,} / {log['pending_after_run']:,}",
+        "",
+        "",
+    )
+    t.add_row("  final flush (send + mined + durable)", f"{log['flush_s']:.2f} s", "", "")
+    t.add_row("set-up (nodes, chain, 7 records, 3 grants)", f"{g['setup_s']:.1f} s", "", "")
+    console.print(t)
+
+
+def print_tables(results: dict[str, Any]) -> None:
+    m = results["machine"]
+    title = f"({m['host']}, {m['cores']} cores)"
+    if "gas" in results:
+        print_ledger_tables(results, title)
+    if "gateway" in results:
+        print_gateway_table(results["gateway"], title)
     console.print(
         f"{m['date']}  {m['cpu']}, {m['cores']} cores, {m['memory_gb']} GB, {m['os']}, "
         f"Python {m['python']}, {m['anvil']}, commit {m['commit']}, load average "
@@ -965,10 +1564,26 @@ def main() -> None:
         help="also probe a fresh chain holding this many slots and no transactions (0: skip)",
     )
     p.add_argument("--grow-step", type=int, default=10_000, help="grants between growth probes")
+    p.add_argument(
+        "--gateway",
+        type=int,
+        default=10_000,
+        help="capsule requests through the consent gateway (0: skip the gateway section)",
+    )
+    p.add_argument("--gateway-only", action="store_true", help="run only the gateway section")
+    p.add_argument(
+        "--gateway-follower",
+        choices=("thread", "process"),
+        default="thread",
+        help="where the gateway's index follows the chain: a thread of the gateway process "
+        "(as `medmesh gateway run`) or a process of its own",
+    )
     p.add_argument("--json", type=Path, default=DEFAULT_JSON, help="write results here")
     args = p.parse_args()
     if args.grants < 1 or args.sequential < 1 or args.batch < 1:
         p.error("--grants, --sequential and --batch must be at least 1")
+    if args.gateway_only and args.gateway < 1:
+        p.error("--gateway-only needs --gateway of at least 1")
 
     def _terminate(signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt  # run the finally blocks: stop the chain
@@ -982,10 +1597,13 @@ def main() -> None:
         with tempfile.TemporaryDirectory(
             prefix="medmesh-bench-ledger-", dir=os.environ.get("MEDMESH_BENCH_DIR")
         ) as tmp:
-            run(args, Path(tmp), results)
-            if args.slots:
-                console.print(f"a fresh chain with {args.slots:,} slots and no history ...")
-                results["slots"] = bench_slots(Path(tmp), args.slots, args.probe)
+            if not args.gateway_only:
+                run(args, Path(tmp), results)
+                if args.slots:
+                    console.print(f"a fresh chain with {args.slots:,} slots and no history ...")
+                    results["slots"] = bench_slots(Path(tmp), args.slots, args.probe)
+            if args.gateway:
+                results["gateway"] = bench_gateway(Path(tmp), args.gateway, args.gateway_follower)
     except KeyboardInterrupt:
         console.print("interrupted; the local chain is stopped")
         sys.exit(130)
