@@ -52,8 +52,9 @@ def alive(pid: int, data: str) -> bool:
     return data.encode() in cmdline
 
 
-def spawn_detached(cmd: list[str], log: Path) -> None:
-    """Start ``cmd`` as a daemon: its own session, re-parented to init, output to ``log``.
+def spawn_detached(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> None:
+    """Start ``cmd`` as a daemon: its own session, re-parented to init, output to ``log``,
+    with ``env`` added to this process's environment (for it alone).
 
     The classic double fork: the node outlives this process (``devnet up`` returns) and is
     never left as a zombie of whoever called us.
@@ -68,7 +69,7 @@ def spawn_detached(cmd: list[str], log: Path) -> None:
                 os.dup2(null, 0)
                 os.dup2(fd, 1)
                 os.dup2(fd, 2)
-                os.execv(cmd[0], cmd)  # noqa: S606 - our own interpreter and module
+                os.execve(cmd[0], cmd, {**os.environ, **(env or {})})  # noqa: S606 - our own interpreter and module
         finally:
             os._exit(0)
     os.waitpid(pid, 0)

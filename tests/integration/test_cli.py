@@ -25,8 +25,10 @@ from tests.harness import random_bytes
 PASS = "correct horse battery staple"
 
 
-def medmesh(home: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "MEDMESH_PASSPHRASE": PASS, "MEDMESH_HOME": str(home)}
+def medmesh(
+    home: Path, *args: str, check: bool = True, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "MEDMESH_PASSPHRASE": PASS, "MEDMESH_HOME": str(home), **(env or {})}
     proc = subprocess.run(
         [sys.executable, "-m", "medmesh", *args],
         env=env,

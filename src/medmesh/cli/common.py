@@ -67,13 +67,21 @@ def print_json(value: Any) -> None:
     sys.stdout.write(json.dumps(value, indent=2, sort_keys=True) + "\n")
 
 
-def passphrase(confirm: bool = False) -> str:
-    env = os.environ.get(ENV_PASSPHRASE)
-    if env is not None:
-        return env
+def passphrase(
+    confirm: bool = False,
+    *,
+    env_names: tuple[str, ...] = (ENV_PASSPHRASE,),
+    what: str = "the wallet",
+    prompt: str = "wallet passphrase: ",
+) -> str:
+    """A passphrase from the first of ``env_names`` that is set, else asked on the terminal."""
+    for name in env_names:
+        env = os.environ.get(name)
+        if env is not None:
+            return env
     if not sys.stdin.isatty():
-        raise KeystoreError(f"set {ENV_PASSPHRASE} or run interactively to unlock the wallet")
-    first = getpass.getpass("wallet passphrase: ")
+        raise KeystoreError(f"set {' or '.join(env_names)} or run interactively to unlock {what}")
+    first = getpass.getpass(prompt)
     if confirm and getpass.getpass("repeat passphrase: ") != first:
         raise KeystoreError("passphrases do not match")
     return first

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -69,20 +67,6 @@ def show(
             out.print(f"{key:22} {shown}")
 
 
-def _source_passphrase(path: Path) -> str:
-    env = os.environ.get("MEDMESH_IMPORT_PASSPHRASE", os.environ.get(ENV_PASSPHRASE))
-    if env is not None:
-        return env
-    if not sys.stdin.isatty():
-        raise KeystoreError(
-            f"set MEDMESH_IMPORT_PASSPHRASE (or {ENV_PASSPHRASE}) or run interactively "
-            f"to unlock {path}"
-        )
-    import getpass
-
-    return getpass.getpass(f"passphrase of {path.name}: ")
-
-
 @app.command("import")
 def import_(
     ctx: typer.Context,
@@ -121,7 +105,12 @@ def import_(
     with errors():
         added = True
         if keystore is not None:
-            wallet, added = import_wallet(keystore, _source_passphrase(keystore), suite=suite)
+            source = passphrase(
+                env_names=("MEDMESH_IMPORT_PASSPHRASE", ENV_PASSPHRASE),
+                what=str(keystore),
+                prompt=f"passphrase of {keystore.name}: ",
+            )
+            wallet, added = import_wallet(keystore, source, suite=suite)
         else:
             assert private_key_file is not None
             text = private_key_file.read_text(encoding="ascii", errors="replace").strip()

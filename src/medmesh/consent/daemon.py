@@ -105,15 +105,8 @@ class GatewayDaemon:
             "--pid-file",
             str(self.pid_file),
         ]
-        previous = os.environ.get(ENV_PASSPHRASE)
-        os.environ[ENV_PASSPHRASE] = passphrase  # inherited by the service, never written
-        try:
-            spawn_detached(cmd, self.log)
-        finally:
-            if previous is None:
-                del os.environ[ENV_PASSPHRASE]
-            else:
-                os.environ[ENV_PASSPHRASE] = previous
+        # the service's environment alone carries the passphrase: never written to disk
+        spawn_detached(cmd, self.log, env={ENV_PASSPHRASE: passphrase})
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if health(url) is not None and self._pid() is not None:

@@ -174,13 +174,14 @@ class RecordKeeper:
             return [r for r in rows if r.kind == scope.word[28:]]
         return [r for r in rows if r.record == scope.word]
 
-    async def _prefix(self, cid: Cid) -> bytes:
+    async def _read(self, cid: Cid, limit: int | None = None) -> bytes:
+        """The stored bytes of ``cid`` (verified, not decrypted), or their first ``limit``."""
         buf = bytearray()
         pieces = self.client.store.get(cid)
         try:
             async for piece in pieces:
                 buf += piece
-                if len(buf) >= PREFIX_BYTES:
+                if limit is not None and len(buf) >= limit:
                     break
         finally:
             close = getattr(pieces, "aclose", None)
@@ -195,7 +196,9 @@ class RecordKeeper:
         try:
             capsules = {}
             for row in rows:
-                capsules[row.record] = self._wrap(await self._prefix(Cid.from_bytes(row.cid)), key)
+                capsules[row.record] = self._wrap(
+                    await self._read(Cid.from_bytes(row.cid), PREFIX_BYTES), key
+                )
             if not capsules:
                 return None, 0
             return await self.client.aput_block(CapsuleBlock(grantee, capsules).encode()), len(
@@ -258,24 +261,13 @@ class RecordKeeper:
         """Erase every version of the record ``cid`` belongs to; see the module docstring."""
         self.indexer.sync()
         versions = self._versions(cid)
-        ids = {v.record for v in versions}
-        pending = [v for v in versions if not v.erased]
-        txs = (
-            [
-                r.tx_hash
-                for r in self.ledger.transact_many(
-                    [self.ledger.records.tx("erase", v.record) for v in pending]
-                )
-            ]
-            if pending
-            else []
-        )
+        erase = [self.ledger.records.tx("erase", v.record) for v in versions if not v.erased]
+        txs = [r.tx_hash for r in self.ledger.transact_many(erase)]
         self.indexer.sync()
-        return asyncio.run(self._erase_off_chain(versions, ids, txs))
+        return asyncio.run(self._erase_off_chain(versions, txs))
 
-    async def _erase_off_chain(
-        self, versions: list[RecordRow], ids: set[bytes], txs: list[str]
-    ) -> EraseResult:
+    async def _erase_off_chain(self, versions: list[RecordRow], txs: list[str]) -> EraseResult:
+        ids = {v.record for v in versions}
         result = EraseResult([str(Cid.from_bytes(v.cid)) for v in versions], txs, [], 0, 0, [])
         unreachable: set[str] = set()
         try:
@@ -287,7 +279,7 @@ class RecordKeeper:
             for digest in self.indexer.capsule_refs(self.wallet.address):
                 block_cid = cid_of_digest(digest)
                 try:
-                    block = CapsuleBlock.decode(await self._fetch(block_cid))
+                    block = CapsuleBlock.decode(await self._read(block_cid))
                 except NotFoundError:
                     continue  # already destroyed (a previous erase) or never stored
                 if not ids & block.capsules.keys():
@@ -321,9 +313,3 @@ class RecordKeeper:
             await self.client.store.close()
         result.unreachable = sorted(unreachable)
         return result
-
-    async def _fetch(self, cid: Cid) -> bytes:
-        buf = bytearray()
-        async for piece in self.client.store.get(cid):
-            buf += piece
-        return bytes(buf)

@@ -261,6 +261,16 @@ def load_wallet(path: str | os.PathLike[str], passphrase: str) -> Wallet:
     signing_key = _unlock(target, keyfile, passphrase)
     wrap_key = _wrap_key(signing_key)
     keys = [_load_encryption_key(target, i, e, wrap_key) for i, e in enumerate(entries)]
+    return _wallet(target, keyfile, signing_key, keys)
+
+
+def _wallet(
+    target: Path,
+    keyfile: dict[str, Any],
+    signing_key: bytes,
+    keys: list[EncryptionPrivateKey],
+) -> Wallet:
+    """The wallet of an unlocked keystore, checked against the address the file states."""
     try:
         wallet = Wallet.from_keys(signing_key, keys)
     except InvalidInputError as exc:
@@ -288,11 +298,4 @@ def import_wallet(
     if not isinstance(keyfile.get("crypto", keyfile.get("Crypto")), dict):
         raise KeystoreError(f"{target} is not an Ethereum keystore (v3 JSON with a crypto section)")
     signing_key = _unlock(target, keyfile, passphrase)
-    try:
-        wallet = Wallet.from_keys(signing_key, [EncryptionPrivateKey.generate(suite)])
-    except InvalidInputError as exc:
-        raise KeystoreError(f"keystore {target} holds an invalid signing key") from exc
-    stored = keyfile.get("address")
-    if isinstance(stored, str) and stored.lower().removeprefix("0x") != wallet.address[2:].lower():
-        raise KeystoreError(f"keystore {target}: address does not match its key")
-    return wallet, True
+    return _wallet(target, keyfile, signing_key, [EncryptionPrivateKey.generate(suite)]), True

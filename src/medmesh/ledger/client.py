@@ -70,6 +70,8 @@ class Ledger:
         """Send many calls in one pipelined batch and wait for all (and their durability)."""
         if self.sender is None:
             raise InvalidInputError("this ledger client has no wallet: it can only read")
+        if not calls:
+            return []
         receipts = self.sender.transact_many(calls, timeout=timeout)
         self._after_mined(receipts)
         return receipts

@@ -9,9 +9,7 @@ it, the erasure shreds it; ``wallet import`` brings in an Ethereum keystore; eve
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,27 +20,9 @@ from eth_account import Account
 
 from medmesh.config import Home
 from medmesh.identity import Wallet, load_wallet, save_wallet
-from medmesh.identity.siwe import new_message
 from medmesh.ledger.local import open_ledger
-
-PASS = "correct horse battery staple"
-
-
-def medmesh(
-    home: Path, *args: str, check: bool = True, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    full_env = {**os.environ, "MEDMESH_PASSPHRASE": PASS, "MEDMESH_HOME": str(home), **(env or {})}
-    proc = subprocess.run(
-        [sys.executable, "-m", "medmesh", *args],
-        env=full_env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        stdin=subprocess.DEVNULL,
-    )
-    if check and proc.returncode != 0:
-        raise AssertionError(f"medmesh {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
-    return proc
+from tests.integration.consent.test_gateway import siwe_login
+from tests.integration.test_cli import PASS, medmesh
 
 
 def as_json(proc: subprocess.CompletedProcess[str]) -> object:
@@ -63,20 +43,6 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         medmesh(home, "gateway", "down", check=False)
         medmesh(home, "devnet", "down", check=False)
         medmesh(home, "chain", "down", check=False)
-
-
-def _login(url: str, wallet: Wallet) -> str:
-    info = requests.get(f"{url}/v1/auth/nonce", timeout=5).json()
-    msg = new_message(
-        info["domain"], wallet.address, info["uri"], info["chain_id"], nonce=info["nonce"]
-    ).to_text()
-    r = requests.post(
-        f"{url}/v1/auth/login",
-        json={"message": msg, "signature": "0x" + wallet.sign_message(msg.encode()).hex()},
-        timeout=5,
-    )
-    assert r.status_code == 200, r.text
-    return str(r.json()["token"])
 
 
 def test_record_lifecycle_through_the_cli(home: Path, tmp_path: Path) -> None:
@@ -125,7 +91,7 @@ def test_record_lifecycle_through_the_cli(home: Path, tmp_path: Path) -> None:
     assert isinstance(grants, list)
     assert [(g["grantee"], g["purposes"]) for g in grants] == [(doctor.address, "treatment")]
 
-    token = _login(url, doctor)
+    token = siwe_login(url, doctor)
     headers = {"Authorization": f"Bearer {token}"}
     capsule_url = f"{url}/v1/records/{put['record']}/capsule"
     r = requests.get(capsule_url, params={"purpose": "treatment"}, headers=headers, timeout=10)

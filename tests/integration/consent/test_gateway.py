@@ -98,18 +98,21 @@ class World:
         return {"message": msg, "signature": "0x" + signer.sign_message(msg.encode()).hex()}
 
     def login(self, wallet: Wallet, **overrides: object) -> str:
-        info = requests.get(f"{self.gateway_url}/v1/auth/nonce", timeout=5).json()
-        fields = {"domain": info["domain"], "address": wallet.address, "uri": info["uri"], "chain_id": info["chain_id"],
-                  "nonce": info["nonce"], **overrides}  # fmt: skip
-        msg = new_message(**fields).to_text()  # type: ignore[arg-type]
-        sig = wallet.sign_message(msg.encode())
-        r = requests.post(
-            f"{self.gateway_url}/v1/auth/login",
-            json={"message": msg, "signature": "0x" + sig.hex()},
-            timeout=5,
-        )
-        assert r.status_code == 200, r.text
-        return str(r.json()["token"])
+        return siwe_login(self.gateway_url, wallet, **overrides)
+
+
+def siwe_login(url: str, wallet: Wallet, **overrides: object) -> str:
+    """Sign in to the gateway at ``url`` with Ethereum; the session's bearer token."""
+    info = requests.get(f"{url}/v1/auth/nonce", timeout=5).json()
+    fields = {"domain": info["domain"], "address": wallet.address, "uri": info["uri"], "chain_id": info["chain_id"],
+              "nonce": info["nonce"], **overrides}  # fmt: skip
+    msg = new_message(**fields).to_text()  # type: ignore[arg-type]
+    sig = wallet.sign_message(msg.encode())
+    r = requests.post(
+        f"{url}/v1/auth/login", json={"message": msg, "signature": "0x" + sig.hex()}, timeout=5
+    )
+    assert r.status_code == 200, r.text
+    return str(r.json()["token"])
 
 
 @pytest.fixture(scope="module")
