@@ -175,15 +175,16 @@ class Gateway:
         anchor = self.ledger.records.anchor_of(record)
         if not anchor.exists:
             raise NotFoundError("no such record on the ledger")
-        topic = self.ledger.records.web3.events.Anchored().topic
+        records = self.ledger.records
         logs = self.ledger.rpc.call(
             "eth_getLogs",
-            {"address": self.ledger.records.address, "fromBlock": hex(self.ledger.book.block),
-             "topics": [topic if str(topic).startswith("0x") else "0x" + str(topic), None, "0x" + record.hex()]},
+            {"address": records.address, "fromBlock": hex(self.ledger.book.block),
+             "topics": [records.codec.topic("Anchored"), None, "0x" + record.hex()]},
         )  # fmt: skip
         for entry in logs:
-            args = self.ledger.records.web3.events.Anchored().process_log(entry)["args"]
-            return anchor.owner, anchor.kind, Cid.from_bytes(bytes(args["cid"]))
+            decoded = records.codec.decode(entry)
+            if decoded is not None:
+                return anchor.owner, anchor.kind, Cid.from_bytes(bytes(decoded[1]["cid"]))
         raise NotFoundError("record anchored but its CID is not in the chain's logs")
 
     def check(self, token: str | None, record_text: str, purpose_text: str) -> Access:

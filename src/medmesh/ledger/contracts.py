@@ -28,10 +28,10 @@ from eth_abi.abi import decode as abi_decode
 from eth_utils.address import to_checksum_address
 from eth_utils.crypto import keccak
 from web3 import Web3
-from web3.exceptions import MismatchedABI
 
 from medmesh.errors import InvalidInputError
 from medmesh.ledger.artifacts import Artifact
+from medmesh.ledger.events import EventCodec, checksum
 from medmesh.ledger.rpc import Rpc
 from medmesh.ledger.tx import Call, Receipt, TxSender
 
@@ -194,7 +194,8 @@ class Contract:
             for e in artifact.abi
             if e.get("type") == "function"
         }
-        self.event_names = [e["name"] for e in artifact.abi if e.get("type") == "event"]
+        self.codec = EventCodec(artifact.abi)
+        self.event_names = list(self.codec.by_name)
 
     def call_data(self, fn: str, *args: Any) -> bytes:
         return bytes.fromhex(self.web3.encode_abi(fn, args=list(args))[2:])
@@ -225,15 +226,13 @@ class Contract:
 
     def events(self, receipt: Receipt, name: str) -> list[dict[str, Any]]:
         """Decoded ``name`` events of this contract in ``receipt``."""
-        event = getattr(self.web3.events, name)()
         out = []
         for log in receipt.logs:
-            if to_checksum_address(log["address"]) != self.address:
+            if checksum(log["address"]) != self.address:
                 continue
-            try:
-                out.append(dict(event.process_log(log)["args"]))
-            except MismatchedABI:  # another event of this contract
-                continue
+            decoded = self.codec.decode(log)
+            if decoded is not None and decoded[0] == name:
+                out.append(decoded[1])
         return out
 
 

@@ -33,11 +33,11 @@ from decimal import Decimal
 from typing import Any, Final
 
 import sqlalchemy as sa
-from eth_utils.address import to_checksum_address
 
 from medmesh.errors import ConfigError
 from medmesh.ledger.client import Ledger
 from medmesh.ledger.contracts import BREAK_GLASS_SCOPE, Contract, Purpose, Role
+from medmesh.ledger.events import checksum
 
 __all__ = ["SCHEMA_VERSION", "AccessRow", "GrantRow", "Indexer", "RecordRow", "UInt64"]
 
@@ -241,11 +241,6 @@ def _record_row(r: Any) -> RecordRow:
     )
 
 
-def _topic_key(topic: Any) -> str:
-    text = topic if isinstance(topic, str) else bytes(topic).hex()
-    return text.lower().removeprefix("0x")
-
-
 def engine_for(url: str) -> sa.Engine:
     """An engine for a SQLAlchemy URL; SQLite gets WAL and a busy timeout."""
     try:
@@ -316,11 +311,6 @@ class Indexer:
             raise
         self._contracts: dict[str, Contract] = {
             c.address: c for c in (ledger.registry, ledger.records, ledger.consent, ledger.token)
-        }
-        self._events = {
-            _topic_key(getattr(c.web3.events, name)().topic): (c, name)
-            for c in self._contracts.values()
-            for name in c.event_names
         }
         self._lock = threading.Lock()
 
@@ -395,10 +385,13 @@ class Indexer:
         if not isinstance(end_header, dict):
             return 0  # the chain moved under us; the next sync retries
         with self.engine.begin() as conn:
+            accesses: list[dict[str, Any]] = []  # the bulk of the events: one insert for all
             for log in logs:
                 if log.get("removed"):
                     continue
-                self._apply(conn, log, times[int(log["blockNumber"], 16)])
+                self._apply(conn, log, times[int(log["blockNumber"], 16)], accesses)
+            if accesses:
+                conn.execute(sa.insert(access_t), accesses)
             values = {
                 "chain_id": self.ledger.book.chain_id,
                 "registry": self.ledger.book.contracts["Registry"],
@@ -414,20 +407,27 @@ class Indexer:
                 conn.execute(sa.insert(cursor_t).values(id=1, **values))
         return len(logs)
 
-    def _apply(self, conn: sa.Connection, log: dict[str, Any], at: int) -> None:
-        topics = log.get("topics") or []
-        if not topics:
+    def _apply(
+        self, conn: sa.Connection, log: dict[str, Any], at: int, accesses: list[dict[str, Any]]
+    ) -> None:
+        contract = self._contracts.get(checksum(log["address"]))
+        decoded = contract.codec.decode(log) if contract is not None else None
+        if decoded is None:
             return
-        found = self._events.get(_topic_key(topics[0]))
-        if found is None:
-            return  # Transfer, Approval, RoleGranted, ...
-        contract, name = found
-        args = dict(getattr(contract.web3.events, name)().process_log(log)["args"])
+        name, args = decoded
         block = int(log["blockNumber"], 16)
         index = int(log["logIndex"], 16)
         tx = log["transactionHash"]
+        if name == "AccessLogged":
+            accesses.append(
+                {"block": block, "log_index": index, "patient": args["patient"],
+                 "accessor": args["accessor"], "record": _hex(args["record"]),
+                 "purpose": int(args["purpose"]), "at": int(args["at"]),
+                 "gateway": args["gateway"], "tx": tx}
+            )  # fmt: skip
+            return
         handler = getattr(self, f"_on_{name}", None)
-        if handler is not None:
+        if handler is not None:  # Transfer, Approval, RoleGranted, ... are not indexed
             handler(conn, args, block=block, index=index, tx=tx, at=at)
 
     # Registry
@@ -435,7 +435,7 @@ class Indexer:
     def _upsert_participant(
         self, conn: sa.Connection, account: str, block: int, **values: Any
     ) -> None:
-        account = to_checksum_address(account)
+        account = checksum(account)
         updated = conn.execute(
             sa.update(participants_t)
             .where(participants_t.c.account == account)
@@ -471,8 +471,8 @@ class Indexer:
         supersedes = bytes(a["supersedes"])
         conn.execute(
             sa.insert(records_t).values(
-                record=_hex(a["record"]), patient=to_checksum_address(a["patient"]), kind=_hex(a["kind"]),
-                supersedes=_hex(supersedes) if any(supersedes) else None, author=to_checksum_address(a["author"]),
+                record=_hex(a["record"]), patient=checksum(a["patient"]), kind=_hex(a["kind"]),
+                supersedes=_hex(supersedes) if any(supersedes) else None, author=checksum(a["author"]),
                 cid=bytes(a["cid"]), anchored_at=m["at"], block=m["block"], tx=m["tx"], superseded=False, erased=False,
             )
         )  # fmt: skip
@@ -492,7 +492,7 @@ class Indexer:
         conn.execute(
             sa.insert(batches_t).values(
                 root=_hex(a["root"]),
-                author=to_checksum_address(a["author"]),
+                author=checksum(a["author"]),
                 count=int(a["count"]),
                 block=m["block"],
             )
@@ -522,8 +522,8 @@ class Indexer:
 
     def _on_Granted(self, conn: sa.Connection, a: dict[str, Any], **m: Any) -> None:
         key = {
-            "patient": to_checksum_address(a["patient"]),
-            "grantee": to_checksum_address(a["grantee"]),
+            "patient": checksum(a["patient"]),
+            "grantee": checksum(a["grantee"]),
             "scope": _hex(a["scope"]),
         }
         capsule = bytes(a["capsule"])
@@ -540,8 +540,8 @@ class Indexer:
 
     def _on_Revoked(self, conn: sa.Connection, a: dict[str, Any], **m: Any) -> None:
         key = {
-            "patient": to_checksum_address(a["patient"]),
-            "grantee": to_checksum_address(a["grantee"]),
+            "patient": checksum(a["patient"]),
+            "grantee": checksum(a["grantee"]),
             "scope": _hex(a["scope"]),
         }
         conn.execute(
@@ -551,8 +551,8 @@ class Indexer:
 
     def _on_BreakGlass(self, conn: sa.Connection, a: dict[str, Any], **m: Any) -> None:
         key = {
-            "patient": to_checksum_address(a["patient"]),
-            "grantee": to_checksum_address(a["provider"]),
+            "patient": checksum(a["patient"]),
+            "grantee": checksum(a["provider"]),
             "scope": _hex(BREAK_GLASS_SCOPE),
         }
         values = {
@@ -563,15 +563,6 @@ class Indexer:
         self._log_consent(
             conn, "break_glass", key, m, purposes=values["purposes"], expiry=values["expiry"]
         )
-
-    def _on_AccessLogged(self, conn: sa.Connection, a: dict[str, Any], **m: Any) -> None:
-        conn.execute(
-            sa.insert(access_t).values(
-                block=m["block"], log_index=m["index"], patient=to_checksum_address(a["patient"]),
-                accessor=to_checksum_address(a["accessor"]), record=_hex(a["record"]), purpose=int(a["purpose"]),
-                at=int(a["at"]), gateway=to_checksum_address(a["gateway"]), tx=m["tx"],
-            )
-        )  # fmt: skip
 
     def follow(self, stop: threading.Event, *, interval: float = 0.5) -> None:
         """Sync every ``interval`` seconds until ``stop`` is set (errors are retried)."""
@@ -595,9 +586,9 @@ class Indexer:
         """Current grants (optionally only those not expired at ``active_at``)."""
         query = sa.select(grants_t)
         if patient:
-            query = query.where(grants_t.c.patient == to_checksum_address(patient))
+            query = query.where(grants_t.c.patient == checksum(patient))
         if grantee:
-            query = query.where(grants_t.c.grantee == to_checksum_address(grantee))
+            query = query.where(grants_t.c.grantee == checksum(grantee))
         if active_at is not None and active_at >= 0:  # (every uint64 is > a negative time)
             if active_at >= UINT64_MAX:
                 return []
@@ -622,8 +613,8 @@ class Indexer:
         with self.engine.connect() as conn:
             value = conn.execute(
                 sa.select(grants_t.c.capsule).where(
-                    grants_t.c.patient == to_checksum_address(patient),
-                    grants_t.c.grantee == to_checksum_address(grantee),
+                    grants_t.c.patient == checksum(patient),
+                    grants_t.c.grantee == checksum(grantee),
                     grants_t.c.scope == _hex(scope),
                 )
             ).scalar()
@@ -641,9 +632,9 @@ class Indexer:
         """Logged accesses, newest first."""
         query = sa.select(access_t)
         if patient:
-            query = query.where(access_t.c.patient == to_checksum_address(patient))
+            query = query.where(access_t.c.patient == checksum(patient))
         if accessor:
-            query = query.where(access_t.c.accessor == to_checksum_address(accessor))
+            query = query.where(access_t.c.accessor == checksum(accessor))
         if record:
             query = query.where(access_t.c.record == _hex(record))
         if since is not None and since > 0:  # (every uint64 is >= 0)
@@ -671,7 +662,7 @@ class Indexer:
         with self.engine.connect() as conn:
             rows = conn.execute(
                 sa.select(consent_log_t)
-                .where(consent_log_t.c.patient == to_checksum_address(patient))
+                .where(consent_log_t.c.patient == checksum(patient))
                 .order_by(consent_log_t.c.block, consent_log_t.c.log_index)
             ).mappings()
             return [dict(r) for r in rows]
@@ -683,7 +674,7 @@ class Indexer:
             rows = conn.execute(
                 sa.select(consent_log_t.c.capsule)
                 .where(
-                    consent_log_t.c.patient == to_checksum_address(patient),
+                    consent_log_t.c.patient == checksum(patient),
                     consent_log_t.c.capsule.is_not(None),
                 )
                 .order_by(consent_log_t.c.block, consent_log_t.c.log_index)
@@ -695,7 +686,7 @@ class Indexer:
 
     def records(self, patient: str, *, include_history: bool = False) -> list[RecordRow]:
         """A patient's anchored records (current versions unless ``include_history``)."""
-        query = sa.select(records_t).where(records_t.c.patient == to_checksum_address(patient))
+        query = sa.select(records_t).where(records_t.c.patient == checksum(patient))
         if not include_history:
             query = query.where(records_t.c.superseded.is_(False))
         with self.engine.connect() as conn:
@@ -717,9 +708,7 @@ class Indexer:
         with self.engine.connect() as conn:
             r = (
                 conn.execute(
-                    sa.select(participants_t).where(
-                        participants_t.c.account == to_checksum_address(account)
-                    )
+                    sa.select(participants_t).where(participants_t.c.account == checksum(account))
                 )
                 .mappings()
                 .first()
