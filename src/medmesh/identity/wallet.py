@@ -22,6 +22,8 @@ from typing import Any
 from eth_account import Account
 from eth_account.messages import encode_defunct
 from eth_account.signers.local import LocalAccount
+from eth_keys.constants import SECPK1_N
+from eth_keys.datatypes import PrivateKey
 from eth_keys.exceptions import BadSignature
 from eth_utils.exceptions import ValidationError
 
@@ -91,6 +93,23 @@ class Wallet:
         """Sign ``data`` with EIP-191 ``personal_sign``; return the 65-byte signature."""
         signed = self._account.sign_message(encode_defunct(primitive=bytes(data)))
         return bytes(signed.signature)
+
+    def sign_digest(self, digest: bytes) -> tuple[int, int, int]:
+        """Sign a 32-byte hash the caller computed; return ``(v, r, s)``, ``v`` in {0, 1}.
+
+        A raw ECDSA secp256k1 signature with low ``s`` (``s <= n/2``, as Ethereum and
+        RFC 8812 ES256K verifiers expect), for formats that hash their own input, such as
+        JWS ES256K (``digest`` = SHA-256 of the signing input). Never use it for Ethereum
+        messages or transactions: use :meth:`sign_message` and :meth:`sign_transaction`,
+        which add the domain separation that makes a signature mean only one thing.
+        """
+        if not isinstance(digest, bytes | bytearray) or len(digest) != 32:
+            raise InvalidInputError("digest must be 32 bytes")
+        signature = PrivateKey(self._signing_key()).sign_msg_hash(bytes(digest))
+        v, r, s = signature.v, signature.r, signature.s
+        if s > SECPK1_N // 2:  # both eth-keys backends already do this; stay canonical
+            v, s = v ^ 1, SECPK1_N - s
+        return v, r, s
 
     def sign_transaction(self, tx: dict[str, Any]) -> bytes:
         """Sign an Ethereum transaction (EIP-1559 or legacy fields); return the raw bytes."""
