@@ -7,7 +7,8 @@ converted at the boundary and chained with ``raise ... from exc``.
 
     MedmeshError
     ├── InvalidInputError (ValueError)        bad arguments or malformed data from a caller
-    │   └── InvalidCidError                   text or bytes that are not a valid CID
+    │   ├── InvalidCidError                   text or bytes that are not a valid CID
+    │   └── DicomError                        not a DICOM file, truncated, or missing its UIDs
     ├── IntegrityError                         data failed a cryptographic check
     │   ├── BlockMismatchError                 block bytes do not hash to their CID
     │   └── DecryptionError (crypto/errors.py) sealed stream or capsule failed to open
@@ -33,11 +34,17 @@ converted at the boundary and chained with ``raise ... from exc``.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from os import PathLike
+
 __all__ = [
     "AuthError",
     "BlockMismatchError",
     "ConfigError",
     "ConsentError",
+    "DicomError",
     "InsufficientSharesError",
     "IntegrityError",
     "InvalidCidError",
@@ -83,6 +90,21 @@ class InvalidCidError(InvalidInputError):
     """Not a valid CID."""
 
     code = "invalid_cid"
+
+
+class DicomError(InvalidInputError):
+    """Not a readable, complete DICOM file.
+
+    The message names the problem only (``"truncated: pixel data ends after the end of the
+    file"``); ``path``, when set, says which file, and is kept out of the message because
+    file and folder names can carry PHI.
+    """
+
+    code = "invalid_dicom"
+
+    def __init__(self, message: str | None = None, *, path: PathLike[str] | None = None) -> None:
+        super().__init__(message)
+        self.path = path
 
 
 class IntegrityError(MedmeshError):
