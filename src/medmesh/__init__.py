@@ -13,9 +13,21 @@ are loaded on first use, so ``import medmesh`` stays cheap for the CLI and the n
 from __future__ import annotations
 
 import importlib
+import sys
 from typing import TYPE_CHECKING, Any
 
+import py_ecc as _py_ecc  # noqa: F401 - imported first on purpose, see below
+
 from medmesh.errors import MedmeshError as MedmeshError
+
+# py_ecc (pulled in by eth-account and web3) raises Python's recursion limit to 100,000 when it
+# is imported. At that limit a deeply nested JSON body ("[[[[…", ~100 KB) overflows the C stack
+# in json.loads and kills the process (SIGSEGV) instead of raising RecursionError: any server
+# parsing JSON from the network would be one request away from a crash. medmesh never uses
+# py_ecc's pairing code (which is what needs the depth), so it imports py_ecc here, once, and
+# puts a safe limit back.
+_SAFE_RECURSION_LIMIT = 20_000
+sys.setrecursionlimit(_SAFE_RECURSION_LIMIT)
 
 if TYPE_CHECKING:
     from medmesh.identity.keystore import load_wallet as load_wallet

@@ -32,9 +32,17 @@ def run(
     pid_file: Annotated[
         str | None, typer.Option(help="Write the service's PID here (used by `gateway up`).")
     ] = None,
+    fhir: Annotated[
+        bool,
+        typer.Option(
+            "--fhir",
+            help="Also serve the FHIR R4 API under /fhir, acting for this home's wallet "
+            "(the institution): it opens the records the ledger lets that wallet open.",
+        ),
+    ] = False,
 ) -> None:
     """Serve consent-checked ciphertext and key capsules (sign in with Ethereum), in the
-    foreground; `gateway up` runs it in the background."""
+    foreground; `gateway up` runs it in the background. With --fhir, also the FHIR R4 API."""
     import threading
 
     import uvicorn
@@ -65,8 +73,20 @@ def run(
     console.print(
         f"consent gateway on http://{domain} (chain {ledger.chain_id}, wallet {wallet.address})"
     )
+    if fhir:
+        from medmesh.consent.sharing import RecordKeeper
+        from medmesh.interop.fhir.server import FhirService, create_fhir_app
+
+        keeper = RecordKeeper(wallet, ledger, indexer, open_client(home))
+        service = FhirService(
+            gateway, keeper, home.path / "fhir.db", base_url=f"http://{domain}/fhir"
+        )
+        application = create_fhir_app(service)
+        console.print(f"FHIR R4 API on http://{domain}/fhir, acting for {wallet.address}")
+    else:
+        application = create_app(gateway)
     try:
-        uvicorn.run(create_app(gateway), host=host, port=port, log_level="warning")
+        uvicorn.run(application, host=host, port=port, log_level="warning")
     finally:
         stop.set()
         log.stop()

@@ -43,7 +43,8 @@ import base64
 import functools
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,6 +76,7 @@ from medmesh.storage.cid import Cid
 
 __all__ = ["Access", "Gateway", "create_app"]
 
+Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
 _CAPSULE_CACHE = 4096
 _LOCATION_CACHE = 65_536
 _REF_CACHE = 65_536
@@ -168,6 +170,29 @@ class Gateway:
         (allowed,) = abi_decode(["bool"], bytes.fromhex(raw[2:]))
         return bool(allowed), int(head, 16)
 
+    def _decide_many(
+        self, requester: str, records: list[bytes], purpose: Purpose
+    ) -> tuple[list[bool], int]:
+        """:meth:`_decide` for many records in one JSON-RPC batch (search results)."""
+        address = bytes.fromhex(requester.removeprefix("0x"))
+        calls: list[tuple[str, list[Any]]] = [("eth_blockNumber", [])]
+        for record in records:
+            data = self._has_access_selector + abi_encode(
+                self._has_access_types, [address, record, int(purpose)]
+            )
+            calls.append(
+                (
+                    "eth_call",
+                    [{"to": self.ledger.consent.address, "data": "0x" + data.hex()}, "latest"],
+                )
+            )
+        answers = self.ledger.rpc.batch(calls)
+        for answer in answers:
+            if isinstance(answer, RpcCallError):
+                raise answer.to_exception()
+        allowed = [bool(abi_decode(["bool"], bytes.fromhex(a[2:]))[0]) for a in answers[1:]]
+        return allowed, int(answers[0], 16)
+
     def _find_record(self, record: bytes) -> tuple[str, bytes, Cid]:
         row = self.indexer.record(record)
         if row is not None:
@@ -198,15 +223,44 @@ class Gateway:
             requester = self.sessions.resolve(token).address
             record = parse_record_id(record_text)
             purpose = parse_purpose(purpose_text)
+        except MedmeshError as exc:
+            self.log.refused(requester, record, int(purpose) if purpose else None, exc.code)
+            raise
+        return self.authorize(requester, record, purpose)
+
+    def authorize(self, requester: str, record: bytes, purpose: Purpose) -> Access:
+        """Allow or refuse ``requester`` (already authenticated) ``record`` for ``purpose``;
+        every outcome is logged."""
+        try:
             patient, kind, cid = self._locate(record)
             allowed, block = self._decide(requester, record, purpose)
             if not allowed:
                 raise ConsentError("no current grant covers this record for this purpose")
         except MedmeshError as exc:
-            self.log.refused(requester, record, int(purpose) if purpose else None, exc.code)
+            self.log.refused(requester, record, int(purpose), exc.code)
             raise
         self.log.allowed(Entry(patient, requester, record, purpose, int(time.time())))
         return Access(requester, record, patient, kind, cid, purpose, block)
+
+    def authorize_many(
+        self, requester: str, records: list[bytes], purpose: Purpose
+    ) -> list[Access | None]:
+        """:meth:`authorize` for many records with one round trip to the chain: an
+        :class:`Access` for each allowed record, None for each refused one (both logged)."""
+        if not records:
+            return []
+        located = [self._locate(r) for r in records]
+        allowed, block = self._decide_many(requester, records, purpose)
+        out: list[Access | None] = []
+        now = int(time.time())
+        for record, (patient, kind, cid), ok in zip(records, located, allowed, strict=True):
+            if ok:
+                self.log.allowed(Entry(patient, requester, record, purpose, now))
+                out.append(Access(requester, record, patient, kind, cid, purpose, block))
+            else:
+                self.log.refused(requester, record, int(purpose), ConsentError.code)
+                out.append(None)
+        return out
 
     # -- capsules ---------------------------------------------------------------------------
 
@@ -286,12 +340,14 @@ class Login(BaseModel):
     signature: str
 
 
-def create_app(gateway: Gateway) -> FastAPI:
-    """The FastAPI application serving ``gateway``."""
+def create_app(gateway: Gateway, *, lifespan: Lifespan | None = None) -> FastAPI:
+    """The FastAPI application serving ``gateway`` (``lifespan``: background work of
+    services mounted on it, such as the FHIR index's sync)."""
     app = FastAPI(
         title="medmesh consent gateway",
         version="1",
         description="Consent-checked access to encrypted medical records (ciphertext and key capsules only).",
+        lifespan=lifespan,
     )
 
     status_of = {

@@ -608,6 +608,31 @@ class Indexer:
             for r in rows
         ]
 
+    def patients_changed(self, grantee: str, since_block: int) -> set[str]:
+        """Patients whose grants to ``grantee`` changed, or who anchored or erased records
+        while granting it something, after ``since_block`` (for caches of what a grantee may
+        read: a FHIR gateway's search index)."""
+        grantee = checksum(grantee)
+        with self.engine.connect() as conn:
+            changed = {
+                r[0]
+                for r in conn.execute(
+                    sa.select(consent_log_t.c.patient).where(
+                        consent_log_t.c.grantee == grantee, consent_log_t.c.block > since_block
+                    )
+                )
+            }
+            granting = sa.select(grants_t.c.patient).where(grants_t.c.grantee == grantee)
+            changed |= {
+                r[0]
+                for r in conn.execute(
+                    sa.select(records_t.c.patient)
+                    .where(records_t.c.block > since_block, records_t.c.patient.in_(granting))
+                    .distinct()
+                )
+            }
+        return changed
+
     def capsule_ref(self, patient: str, grantee: str, scope: bytes) -> bytes | None:
         """The capsule digest referenced by the current grant, if any."""
         with self.engine.connect() as conn:

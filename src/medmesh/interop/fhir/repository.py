@@ -1,0 +1,460 @@
+"""FHIR resources as medmesh records: create, update, read, history and search, for one
+institution, every read checked against on-chain consent.
+
+A FHIR gateway acts for one participant, its **institution** (a hospital, a lab; or a patient
+running their own): it holds that participant's wallet, so it can open exactly the records the
+ledger lets the institution open, and nothing else. Plaintext therefore reaches only the
+consented recipient, which is the rule.
+
+How a resource maps onto the record layer:
+
+- one resource version = one record, of kind ``fhir:<Type>``, owned by its patient, sealed for
+  the patient, for every current kind or all-records grantee, and for the institution that
+  wrote it; an update anchors a new record that supersedes the previous version (and gets a
+  new data key, as every record does);
+- the logical id travels inside the sealed JSON; ``meta.versionId`` is the version's position
+  in its chain (1, 2, …) and ``meta.lastUpdated`` the time its anchor was mined, so neither is
+  stored: they come from the ledger;
+- the patient of a Patient resource is the account named by its identifier
+  ``{"system": "urn:ietf:rfc:3986", "value": "did:pkh:eip155:<chain>:<address>"}`` (or the
+  institution itself, when a patient runs their own gateway); the patient of any other
+  resource is the owner of the Patient its ``subject`` / ``patient`` reference names.
+
+Reads (``read``, ``vread``) take the full path: index lookup, ``Consent.has_access`` at the
+latest block (one eth_call; refusals logged), ciphertext fetched from the storage network and
+verified, opened with the institution's key (or the capsule its grant references), checked to
+be the resource asked for. Searches run on the gateway's :class:`FhirIndex` and the page of
+results is checked against the chain in one batch before anything is returned, so a
+revocation mined after the index last caught up still hides the resource.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Final
+
+from medmesh.consent.gateway import Access, Gateway
+from medmesh.consent.sharing import RecordKeeper
+from medmesh.crypto.capsule import KeyCapsule
+from medmesh.crypto.envelope import RecordOpener
+from medmesh.errors import ConsentError, MedmeshError
+from medmesh.interop.fhir.index import FhirIndex, IndexedResource, Query
+from medmesh.interop.fhir.outcome import FhirError
+from medmesh.interop.fhir.params import ref_key
+from medmesh.interop.fhir.validation import SUPPORTED_TYPES, references, validate_resource
+from medmesh.ledger.client import Ledger
+from medmesh.ledger.contracts import ALL_SCOPE, Purpose, Role, kind_tag
+from medmesh.ledger.events import checksum
+from medmesh.ledger.indexer import RecordRow
+from medmesh.storage.cid import Cid
+
+__all__ = ["ACCOUNT_SYSTEM", "FhirRepository", "Saved", "kind_of"]
+
+ACCOUNT_SYSTEM: Final = "urn:ietf:rfc:3986"  # identifier value: did:pkh:eip155:<chain>:<address>
+FULL_RECONCILE_S: Final = 60.0
+
+
+def kind_of(resource_type: str) -> str:
+    return f"fhir:{resource_type}"
+
+
+_KINDS: Final = {kind_tag(kind_of(t)): t for t in SUPPORTED_TYPES}
+
+
+def _instant(at: float) -> str:
+    return datetime.fromtimestamp(at, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def with_meta(body: dict[str, Any], row: IndexedResource) -> dict[str, Any]:
+    """``body`` as served: ``meta.versionId`` and ``meta.lastUpdated`` from the ledger."""
+    out = dict(body)
+    meta = dict(out.get("meta") or {})
+    meta["versionId"] = str(row.version)
+    meta["lastUpdated"] = _instant(row.last_updated)
+    out["meta"] = meta
+    return out
+
+
+def _stored_form(body: dict[str, Any], id_: str) -> dict[str, Any]:
+    out = dict(body)
+    out["id"] = id_
+    meta = {
+        k: v for k, v in (out.get("meta") or {}).items() if k not in ("versionId", "lastUpdated")
+    }
+    if meta:
+        out["meta"] = meta
+    else:
+        out.pop("meta", None)
+    return out
+
+
+@dataclass(frozen=True)
+class Saved:
+    """A resource version just written (``created``: a new logical resource)."""
+
+    resource: dict[str, Any]
+    row: IndexedResource
+    created: bool
+
+
+class FhirRepository:
+    """The FHIR resources one institution may see and write, over ``keeper`` and ``gateway``."""
+
+    def __init__(
+        self,
+        keeper: RecordKeeper,
+        gateway: Gateway,
+        index: FhirIndex,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.keeper = keeper
+        self.gateway = gateway
+        self.index = index
+        self.me = keeper.wallet.address
+        self._clock = clock
+        self._sync_lock = asyncio.Lock()
+        self._write_lock = threading.Lock()
+        self._last_full = 0.0
+
+    @property
+    def ledger(self) -> Ledger:
+        return self.keeper.ledger
+
+    # -- owners and references ---------------------------------------------------------------
+
+    def _account_of_patient(self, resource: dict[str, Any]) -> str:
+        prefix = f"did:pkh:eip155:{self.ledger.chain_id}:"
+        for ident in resource.get("identifier") or []:
+            value = ident.get("value") if isinstance(ident, dict) else None
+            if (
+                ident.get("system") == ACCOUNT_SYSTEM
+                and isinstance(value, str)
+                and value.startswith(prefix)
+            ):
+                try:
+                    return checksum(value[len(prefix) :])
+                except ValueError:
+                    break
+        if self.ledger.registry.roles(self.me) & Role.PATIENT:
+            return self.me  # a patient's own gateway
+        raise FhirError.invalid(
+            [_issue("required", "a Patient needs identifier {system: urn:ietf:rfc:3986, value: "
+                    f"did:pkh:eip155:{self.ledger.chain_id}:<patient address>}}", "Patient.identifier")],
+            status=422,
+        )  # fmt: skip
+
+    def _check_references(self, resource: dict[str, Any]) -> None:
+        """Every relative reference to a supported type must name a resource this gateway
+        knows (references to other types, absolute URLs and ``urn:`` ones are not checked)."""
+        missing = []
+        for path, ref in references(resource):
+            key = ref_key(ref)
+            if key is None or ref.startswith(("http://", "https://")):
+                continue
+            type_, id_ = key.split("/", 1)
+            if type_ in SUPPORTED_TYPES and self.index.current(type_, id_) is None:
+                missing.append(
+                    _issue("not-found", f"{type_} reference points to no resource here", path)
+                )
+        if missing:
+            raise FhirError.invalid(missing, status=422)
+
+    def _owner_of(self, resource: dict[str, Any]) -> str:
+        type_ = resource["resourceType"]
+        if type_ == "Patient":
+            return self._account_of_patient(resource)
+        for field in ("subject", "patient"):
+            ref = resource.get(field)
+            key = (
+                ref_key(ref["reference"])
+                if isinstance(ref, dict) and isinstance(ref.get("reference"), str)
+                else None
+            )
+            if key and key.startswith("Patient/"):
+                patient = self.index.current("Patient", key.split("/", 1)[1])
+                if patient is not None:
+                    return patient.patient
+        raise FhirError.invalid(
+            [
+                _issue(
+                    "required",
+                    f"a {type_} must reference its Patient (subject or patient)",
+                    f"{type_}.subject",
+                )
+            ],
+            status=422,
+        )
+
+    # -- writing ------------------------------------------------------------------------------
+
+    def create(self, resource: dict[str, Any], *, id_: str | None = None) -> Saved:
+        resource = validate_resource(resource)
+        return self._save(resource, id_ or str(uuid.uuid4()), previous=None)
+
+    def update(
+        self, type_: str, id_: str, resource: dict[str, Any], *, if_match: str | None = None
+    ) -> Saved:
+        resource = validate_resource(resource, expected_type=type_)
+        if resource.get("id") != id_:
+            raise FhirError.invalid(
+                [_issue("invalid", "the resource's id must equal the id in the URL", f"{type_}.id")]
+            )
+        current = self.index.current(type_, id_)
+        if if_match is not None:
+            wanted = if_match.strip().removeprefix("W/").strip('"')
+            if current is None or wanted != str(current.version):
+                raise FhirError.precondition_failed(
+                    f"version conflict: If-Match names version {wanted or '?'}, "
+                    f"the current version is {current.version if current else 'none'}"
+                )
+        return self._save(resource, id_, previous=current)
+
+    def _save(
+        self, resource: dict[str, Any], id_: str, *, previous: IndexedResource | None
+    ) -> Saved:
+        type_ = resource["resourceType"]
+        self._check_references(resource)
+        owner = self._owner_of(resource)
+        if previous is not None and previous.patient != owner:
+            raise FhirError.invalid(
+                [
+                    _issue(
+                        "business-rule",
+                        "an update cannot move a resource to another patient",
+                        f"{type_}.subject",
+                    )
+                ],
+                status=422,
+            )
+        body = _stored_form(resource, id_)
+        data = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+        with self._write_lock:
+            put = self.keeper.put(
+                data,
+                kind_of(type_),
+                supersedes=Cid.from_bytes(previous.cid) if previous else None,
+                patient=None if owner == self.me else owner,
+            )
+            anchor = self.ledger.records.anchor_of(put.record)
+            row = IndexedResource(
+                put.record, type_, id_, previous.version + 1 if previous else 1, True, owner,
+                bytes(put.cid), float(anchor.anchored_at),
+            )  # fmt: skip
+            self.index.put([(row, body)])
+        return Saved(with_meta(body, row), row, previous is None)
+
+    # -- reading ------------------------------------------------------------------------------
+
+    async def _known(self, type_: str, id_: str, purpose: Purpose) -> list[IndexedResource]:
+        if type_ not in SUPPORTED_TYPES:
+            raise FhirError.not_found(f"resource type {type_} is not supported here")
+        versions = self.index.versions(type_, id_)
+        if not versions:
+            await self.sync()
+            versions = self.index.versions(type_, id_)
+        if not versions:
+            gone = self.index.forgotten(type_, id_)
+            if gone is not None:  # consent ended since it was indexed: refuse, and log it
+                self._authorize(gone, purpose)
+                await self.sync()  # allowed again: consent was given back
+                versions = self.index.versions(type_, id_)
+        if not versions:
+            raise FhirError.not_found(f"{type_}/{id_} is not known")
+        return versions
+
+    async def read(
+        self, type_: str, id_: str, purpose: Purpose = Purpose.TREATMENT
+    ) -> dict[str, Any]:
+        versions = await self._known(type_, id_, purpose)
+        return await self._open(versions[0], purpose)
+
+    async def vread(
+        self, type_: str, id_: str, version: str, purpose: Purpose = Purpose.TREATMENT
+    ) -> dict[str, Any]:
+        for row in await self._known(type_, id_, purpose):
+            if str(row.version) == version:
+                return await self._open(row, purpose)
+        raise FhirError.not_found(f"{type_}/{id_} has no version {version}")
+
+    def _authorize(self, row: IndexedResource, purpose: Purpose) -> Access:
+        try:
+            return self.gateway.authorize(self.me, row.record, purpose)
+        except ConsentError as exc:
+            raise FhirError.forbidden(
+                f"no current consent lets this institution read {row.type}/{row.id} for "
+                f"{purpose.names()}"
+            ) from exc
+
+    async def _open(self, row: IndexedResource, purpose: Purpose) -> dict[str, Any]:
+        access = self._authorize(row, purpose)
+        body = await self._fetch(access)
+        if body.get("resourceType") != row.type or body.get("id") != row.id:
+            raise FhirError.invalid(
+                [
+                    _issue(
+                        "exception",
+                        "the stored record is not the resource the index names",
+                        row.type,
+                    )
+                ],
+                status=500,
+            )
+        return with_meta(body, row)
+
+    async def _fetch(self, access: Access) -> dict[str, Any]:
+        capsule = await self.gateway.capsule_for(access)
+        extra = [KeyCapsule.from_bytes(capsule)] if capsule else []
+        opener = RecordOpener(self.keeper.wallet.encryption_keys, extra)
+        parts = []
+        async for piece in self.gateway.ciphertext(access):
+            parts.append(opener.update(piece))
+        parts.append(opener.finalize())
+        out: dict[str, Any] = json.loads(b"".join(parts))
+        return out
+
+    async def history(
+        self, type_: str, id_: str, purpose: Purpose = Purpose.TREATMENT
+    ) -> list[dict[str, Any]]:
+        """Every version this institution may read now, newest first."""
+        versions = await self._known(type_, id_, purpose)
+        allowed = self.gateway.authorize_many(self.me, [v.record for v in versions], purpose)
+        out = []
+        for row, access in zip(versions, allowed, strict=True):
+            if access is None:
+                continue
+            body = self.index.body(row.record)
+            if body is not None:
+                out.append(with_meta(body, row))
+        if not out:
+            raise FhirError.forbidden(
+                f"no current consent lets this institution read {type_}/{id_}"
+            )
+        return out
+
+    def search(
+        self, query: Query, purpose: Purpose = Purpose.TREATMENT
+    ) -> tuple[list[dict[str, Any]], int]:
+        """(one page of matching resources this institution may read now, the index's total)."""
+        page, total = self.index.search(query)
+        allowed = self.gateway.authorize_many(self.me, [r.record for r, _ in page], purpose)
+        refused = [r.record for (r, _), a in zip(page, allowed, strict=True) if a is None]
+        if refused:
+            self._last_full = 0.0  # the index is behind the chain: reconcile at the next sync
+        return [
+            with_meta(b, r) for (r, b), a in zip(page, allowed, strict=True) if a is not None
+        ], total - len(refused)
+
+    # -- keeping the index in step with the ledger ---------------------------------------------
+
+    async def sync(self) -> int:
+        """Catch the index up with the ledger: index what current consents let this
+        institution open, forget what they no longer do. Returns how many versions changed.
+
+        Runs on the server's event loop (record fetches share the gateway's storage client);
+        the ledger indexer's own sync runs in a thread."""
+        async with self._sync_lock:
+            indexer = self.keeper.indexer
+            await asyncio.to_thread(indexer.sync)
+            head = indexer.indexed_block() or 0
+            since = int(self.index.get_meta("ledger_block") or -1)
+            now = self._clock()
+            if now - self._last_full >= FULL_RECONCILE_S or since < 0:
+                patients = {g.patient for g in indexer.grants(grantee=self.me)} | {self.me}
+                patients |= set(self.index_patients())
+                self._last_full = now
+            else:
+                patients = indexer.patients_changed(self.me, since)
+            changed = 0
+            for patient in sorted(patients):
+                changed += await self._reconcile(patient, now)
+            self.index.set_meta("ledger_block", str(head))
+            return changed
+
+    def index_patients(self) -> list[str]:
+        rows = self.index._conn().execute("SELECT DISTINCT patient FROM resources")
+        return [r[0] for r in rows]
+
+    def _covered(self, patient: str, rows: list[RecordRow], now: float) -> list[RecordRow]:
+        if patient == self.me:
+            return rows
+        scopes = {
+            g.scope
+            for g in self.keeper.indexer.grants(patient=patient, grantee=self.me, active_at=now)
+        }
+        if ALL_SCOPE in scopes:
+            return rows
+        return [r for r in rows if r.record in scopes or b"\0" * 28 + r.kind in scopes]
+
+    async def _reconcile(self, patient: str, now: float) -> int:
+        rows = [
+            r
+            for r in self.keeper.indexer.records(patient, include_history=True)
+            if r.kind in _KINDS and not r.erased
+        ]
+        wanted = {r.record: r for r in self._covered(patient, rows, now)}
+        have = set(self.index.records_of(patient))
+        dropped = self.index.drop(have - set(wanted))
+        versions = _version_numbers(rows)
+        added = []
+        for record in sorted(set(wanted) - have, key=lambda rec: versions.get(rec, 0)):
+            row = wanted[record]
+            try:
+                body = await self._fetch_own(row)
+                body = validate_resource(body, expected_type=_KINDS[row.kind])
+            except (MedmeshError, ValueError):
+                continue  # not openable or not valid FHIR: not served (retried at full sync)
+            id_ = str(body.get("id") or "")
+            if not id_:
+                continue
+            added.append(
+                (IndexedResource(record, _KINDS[row.kind], id_, versions.get(record, 1), True, patient,
+                                 row.cid, float(row.anchored_at)), body)
+            )  # fmt: skip
+        if added:
+            self.index.put(added)
+        return dropped + len(added)
+
+    async def _fetch_own(self, row: RecordRow) -> dict[str, Any]:
+        """Open a record for indexing (no consent check or access log: nothing is served)."""
+        access = Access(
+            self.me, row.record, row.patient, row.kind, Cid.from_bytes(row.cid), Purpose.TREATMENT
+        )
+        return await self._fetch(access)
+
+
+def _version_numbers(rows: Iterable[RecordRow]) -> dict[bytes, int]:
+    """Each record's position in its chain of versions (1 = first)."""
+    by_id = {r.record: r for r in rows}
+    out: dict[bytes, int] = {}
+
+    def number(record: bytes) -> int:
+        seen: list[bytes] = []
+        current: bytes | None = record
+        while (
+            current is not None and current not in out and current in by_id and len(seen) < 10_000
+        ):
+            seen.append(current)
+            current = by_id[current].supersedes
+        base = out.get(current, 0) if current is not None else 0
+        for i, rec in enumerate(reversed(seen), start=1):
+            out[rec] = base + i
+        return out[record]
+
+    for record in by_id:
+        if record not in out:
+            number(record)
+    return out
+
+
+def _issue(code: str, text: str, expression: str) -> Any:
+    from medmesh.interop.fhir.outcome import Issue
+
+    return Issue("error", code, text, [expression])
