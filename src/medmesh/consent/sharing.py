@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,9 +40,20 @@ from medmesh.ledger.tx import Receipt
 from medmesh.storage.cid import Cid
 from medmesh.storage.client import Client, Source
 
-__all__ = ["EraseResult", "GrantResult", "PutRecord", "RecordKeeper"]
+__all__ = ["EraseResult", "GrantResult", "NewRecord", "PutRecord", "RecordKeeper"]
 
 PREFIX_BYTES = 64 * 1024  # enough for the capsules and the stream header of any record
+PUT_CONCURRENCY = 16  # small records sealed and stored at once by put_many
+
+
+@dataclass(frozen=True)
+class NewRecord:
+    """One record for :meth:`RecordKeeper.put_many`."""
+
+    data: bytes
+    kind: str
+    supersedes: Cid | None = None
+    patient: str | None = None  # the owner, when writing for a patient
 
 
 @dataclass(frozen=True)
@@ -52,6 +64,7 @@ class PutRecord:
     size: int
     recipients: int
     tx: str
+    block: int = -1  # the block the anchor was mined in (put_many), -1 if not recorded
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -157,6 +170,80 @@ class RecordKeeper:
             len(recipients) + 1,
             receipt.tx_hash,
         )
+
+    def put_many(
+        self, items: Sequence[NewRecord], *, concurrency: int = PUT_CONCURRENCY
+    ) -> list[PutRecord]:
+        """:meth:`put` for many small records: sealed and stored ``concurrency`` at a time,
+        then anchored together, pipelined into as few blocks as the gas limit allows.
+
+        Stored ciphertext whose anchor then fails is unreachable (no anchor, no grant) and
+        is only reported as an error; the caller may retry the whole batch.
+        """
+        if not items:
+            return []
+        for item in items:
+            kind_tag(item.kind)
+        keys: dict[str, EncryptionPublicKey] = {}
+        grantees: dict[tuple[str, str], list[str]] = {}
+
+        def recipients(owner: str, kind: str) -> list[EncryptionPublicKey]:
+            if (owner, kind) not in grantees:
+                grantees[(owner, kind)] = self._covering_grantees(owner, kind)
+            out = []
+            for account in ([owner] if owner != self.wallet.address else []) + grantees[
+                (owner, kind)
+            ]:
+                if account != self.wallet.address:
+                    if account not in keys:
+                        keys[account] = self.encryption_key_of(account)
+                    out.append(keys[account])
+            return out
+
+        owners = [
+            to_checksum_address(i.patient) if i.patient else self.wallet.address for i in items
+        ]
+        plan = [recipients(owner, item.kind) for owner, item in zip(owners, items, strict=True)]
+
+        async def store_all() -> list[Any]:
+            gate = asyncio.Semaphore(concurrency)
+
+            async def one(data: bytes, keys_: list[EncryptionPublicKey]) -> Any:
+                async with gate:
+                    return await self.client.aput(data, recipients=keys_)
+
+            try:
+                return await asyncio.gather(
+                    *(one(i.data, r) for i, r in zip(items, plan, strict=True))
+                )
+            finally:
+                await self.client.store.close()
+
+        stored = asyncio.run(store_all())
+        calls = []
+        for item, owner, put in zip(items, owners, stored, strict=True):
+            previous = record_id(owner, item.supersedes) if item.supersedes else b"\0" * 32
+            if owner == self.wallet.address:
+                calls.append(self.ledger.records.anchor_call(put.cid, item.kind, previous))
+            else:
+                calls.append(
+                    self.ledger.records.anchor_for_call(owner, put.cid, item.kind, previous)
+                )
+        receipts = self.ledger.transact_many(calls)
+        return [
+            PutRecord(
+                put.cid,
+                record_id(owner, put.cid),
+                item.kind,
+                put.size,
+                len(keys_) + 1,
+                r.tx_hash,
+                r.block_number,
+            )
+            for item, owner, put, keys_, r in zip(
+                items, owners, stored, plan, receipts, strict=True
+            )
+        ]
 
     def records(self, *, include_history: bool = False) -> list[RecordRow]:
         self.indexer.sync()

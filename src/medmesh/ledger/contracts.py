@@ -273,6 +273,11 @@ class RecordsContract(Contract):
     def anchor(self, cid: Any, kind: str, supersedes: bytes = ZERO) -> Receipt:
         return self.transact("anchor", bytes(cid), kind_tag(kind), supersedes)
 
+    def anchor_for_call(self, patient: str, cid: Any, kind: str, supersedes: bytes = ZERO) -> Call:
+        return self.tx(
+            "anchor_for", to_checksum_address(patient), bytes(cid), kind_tag(kind), supersedes
+        )
+
     def anchor_for(self, patient: str, cid: Any, kind: str, supersedes: bytes = ZERO) -> Receipt:
         return self.transact(
             "anchor_for", to_checksum_address(patient), bytes(cid), kind_tag(kind), supersedes

@@ -442,3 +442,50 @@ def test_fhirclient_reads_searches_and_writes(world: World, patient_id: str) -> 
     )
     found = list(search.perform_resources_iter(server))
     assert [(o.id, o.valueQuantity.value) for o in found] == [(created["id"], 89)]
+
+
+def test_save_many_stores_the_good_and_reports_the_bad(world: World, token: str) -> None:
+    """An import batch: resources refer to one another within the batch, a bad one is
+    reported in its place and stores nothing, the rest is anchored together."""
+    from medmesh.interop.fhir.outcome import FhirError
+
+    third = Wallet.create()
+    with Rpc(world.rpc_url) as rpc:
+        rpc.call("anvil_setBalance", third.address, hex(10**21))
+    Ledger(world.rpc_url, world.book, signer=third).registry.register(
+        third.encryption_public_key.to_bytes(), ""
+    )  # type: ignore[arg-type]
+    world.keeper(third).grant(
+        world.hospital.address, Scope.all(), Purpose.TREATMENT | Purpose.CONTRIBUTE, FOREVER
+    )
+    world.service.repo.keeper.indexer.sync()
+    batch = [
+        {**_patient(world, third, "Batch"), "id": "batch-patient"},
+        {**_glucose("batch-patient", 70, "2024-01-01"), "id": "batch-obs-1"},
+        {**_glucose("batch-patient", 71, "2024-01-02"), "id": "batch-obs-2"},
+        {**_glucose("batch-patient", 72, "2024-01-03", status="guessed"), "id": "batch-bad"},
+        {**_glucose("nobody", 73, "2024-01-04"), "id": "batch-orphan"},
+    ]
+    results = world.service.repo.save_many(batch)
+    assert [type(r).__name__ for r in results] == [
+        "Saved",
+        "Saved",
+        "Saved",
+        "FhirError",
+        "FhirError",
+    ]
+    bad, orphan = results[3], results[4]
+    assert isinstance(bad, FhirError) and isinstance(orphan, FhirError)
+    assert orphan.to_outcome()["issue"][0]["code"] == "not-found"
+    anchored = {r.record for r in results if not isinstance(r, FhirError) for r in [r.row]}
+    assert len(anchored) == 3
+    assert world.service.index.current("Observation", "batch-bad") is None
+    r = requests.get(
+        f"{world.url}/Observation",
+        params={"patient": "batch-patient"},
+        headers=_h(token),
+        timeout=10,
+    )
+    assert sorted(e["resource"]["valueQuantity"]["value"] for e in r.json()["entry"]) == [70, 71]
+    read = requests.get(f"{world.url}/Observation/batch-obs-2", headers=_h(token), timeout=10)
+    assert read.status_code == 200 and read.json()["effectiveDateTime"] == "2024-01-02"

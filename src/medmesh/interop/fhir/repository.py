@@ -41,7 +41,7 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 from medmesh.consent.gateway import Access, Gateway
-from medmesh.consent.sharing import RecordKeeper
+from medmesh.consent.sharing import NewRecord, RecordKeeper
 from medmesh.crypto.capsule import KeyCapsule
 from medmesh.crypto.envelope import RecordOpener
 from medmesh.errors import ConsentError, MedmeshError
@@ -151,7 +151,9 @@ class FhirRepository:
             status=422,
         )  # fmt: skip
 
-    def _check_references(self, resource: dict[str, Any]) -> None:
+    def _check_references(
+        self, resource: dict[str, Any], pending: dict[str, str] | None = None
+    ) -> None:
         """Every relative reference to a supported type must name a resource this gateway
         knows (references to other types, absolute URLs and ``urn:`` ones are not checked)."""
         missing = []
@@ -160,14 +162,18 @@ class FhirRepository:
             if key is None or ref.startswith(("http://", "https://")):
                 continue
             type_, id_ = key.split("/", 1)
-            if type_ in SUPPORTED_TYPES and self.index.current(type_, id_) is None:
+            if (
+                type_ in SUPPORTED_TYPES
+                and key not in (pending or {})
+                and self.index.current(type_, id_) is None
+            ):
                 missing.append(
                     _issue("not-found", f"{type_} reference points to no resource here", path)
                 )
         if missing:
             raise FhirError.invalid(missing, status=422)
 
-    def _owner_of(self, resource: dict[str, Any]) -> str:
+    def _owner_of(self, resource: dict[str, Any], pending: dict[str, str] | None = None) -> str:
         type_ = resource["resourceType"]
         if type_ == "Patient":
             return self._account_of_patient(resource)
@@ -179,6 +185,8 @@ class FhirRepository:
                 else None
             )
             if key and key.startswith("Patient/"):
+                if pending and key in pending:
+                    return pending[key]
                 patient = self.index.current("Patient", key.split("/", 1)[1])
                 if patient is not None:
                     return patient.patient
@@ -250,6 +258,78 @@ class FhirRepository:
             )  # fmt: skip
             self.index.put([(row, body)])
         return Saved(with_meta(body, row), row, previous is None)
+
+    def save_many(self, resources: list[dict[str, Any]]) -> list[Saved | FhirError]:
+        """Create or update many resources at once (an import): each is validated and
+        checked on its own (a failure is returned in its place, nothing of it stored), the
+        rest are sealed and stored concurrently and anchored together.
+
+        A resource keeps its ``id`` (a new version if the id is known, the first one if not);
+        one without an id gets a new one. References may name resources earlier in the list.
+        """
+        results: list[Saved | FhirError | None] = [None] * len(resources)
+        pending: dict[str, str] = {}  # "Type/id" -> owner, for resources earlier in the batch
+        plan: list[tuple[int, dict[str, Any], str, IndexedResource | None, str]] = []
+        for i, resource in enumerate(resources):
+            try:
+                resource = validate_resource(resource)
+                type_ = resource["resourceType"]
+                id_ = str(resource.get("id") or uuid.uuid4())
+                key = f"{type_}/{id_}"
+                if key in pending:
+                    raise FhirError.invalid(
+                        [
+                            _issue(
+                                "duplicate", "the same resource twice in one import", f"{type_}.id"
+                            )
+                        ],
+                        status=422,
+                    )
+                self._check_references(resource, pending)
+                owner = self._owner_of(resource, pending)
+                previous = self.index.current(type_, id_)
+                if previous is not None and previous.patient != owner:
+                    raise FhirError.invalid(
+                        [_issue("business-rule", "an update cannot move a resource to another patient", f"{type_}.subject")],
+                        status=422,
+                    )  # fmt: skip
+            except FhirError as exc:
+                results[i] = exc
+                continue
+            pending[key] = owner
+            plan.append((i, _stored_form(resource, id_), owner, previous, type_))
+        if plan:
+            items = [
+                NewRecord(
+                    json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode(),
+                    kind_of(type_),
+                    supersedes=Cid.from_bytes(previous.cid) if previous else None,
+                    patient=None if owner == self.me else owner,
+                )
+                for _, body, owner, previous, type_ in plan
+            ]
+            with self._write_lock:
+                puts = self.keeper.put_many(items)
+                times = self._block_times({p.block for p in puts})
+                rows = []
+                for (i, body, owner, previous, type_), put in zip(plan, puts, strict=True):
+                    row = IndexedResource(
+                        put.record, type_, body["id"], previous.version + 1 if previous else 1,
+                        True, owner, bytes(put.cid), times[put.block],
+                    )  # fmt: skip
+                    rows.append((row, body))
+                    results[i] = Saved(with_meta(body, row), row, previous is None)
+                self.index.put(rows)
+        return [r if r is not None else FhirError.not_found("not processed") for r in results]
+
+    def _block_times(self, blocks: set[int]) -> dict[int, float]:
+        """The timestamps of ``blocks`` (one JSON-RPC batch)."""
+        wanted = sorted(blocks)
+        headers = self.ledger.rpc.batch([("eth_getBlockByNumber", [hex(b), False]) for b in wanted])
+        return {
+            b: float(int(h["timestamp"], 16)) if isinstance(h, dict) else time.time()
+            for b, h in zip(wanted, headers, strict=True)
+        }
 
     # -- reading ------------------------------------------------------------------------------
 
