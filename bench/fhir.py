@@ -1,0 +1,373 @@
+"""FHIR benchmark: import, reads through the full path, and search, on a real local network.
+
+Starts a fresh local chain (Anvil under medmesh's supervisor, 1 s blocks), three storage
+nodes and a hospital's FHIR gateway (uvicorn on 127.0.0.1, acting for the hospital's wallet,
+its index following the ledger), as ``medmesh gateway run --fhir`` has them. Patients
+register and grant the hospital treatment and contribute consent. Then:
+
+1. **import**: ``--resources`` resources (``--patients`` Patients, the rest small
+   Observations: glucose, heart rate, blood pressure codes, dates over two years) through
+   ``FhirRepository.save_many`` in chunks of ``--chunk``: validation, sealing for the patient
+   and the hospital, storage (3 nodes, k=2 of n=3), anchors pipelined in batches of
+   transactions, indexing. Resources per second, end to end;
+2. **reads**: ``--reads`` ``GET /fhir/Observation/{id}`` from ``--clients`` client processes
+   over keep-alive connections, each with a SMART access token: session check, consent
+   ``eth_call``, ciphertext fetched from the nodes and verified, opened, checked, access
+   logged. Client-observed reads/s, p50/p95/p99/max;
+3. **search**: ``GET /fhir/Observation?patient=…&code=…&date=ge…`` (``--searches`` of them,
+   random patient, code and start date) over the imported set; then the index alone is
+   filled up to ``--search-resources`` (synthetic rows, not on chain) and the same query
+   shape is timed on :class:`FhirIndex` directly, which is where the size of the index
+   matters (the API adds one consent batch per page, measured in step 3a).
+
+Results: a table on stdout, JSON in ``bench/out/fhir.json``; copy them into
+``docs/benchmarks.md`` with the machine, date and command printed at the end.
+
+    .venv/bin/python bench/fhir.py                   # about 3-5 minutes
+    .venv/bin/python bench/fhir.py --resources 2000 --reads 1000 --search-resources 20000
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import http.client
+import importlib.util
+import json
+import multiprocessing
+import os
+import random
+import socket
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+# This file is named like the ``fhir`` package (fhir.resources): keep its folder off the
+# import path, and load the shared helpers of bench/ledger.py by file.
+_BENCH = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _BENCH]
+_spec = importlib.util.spec_from_file_location("medmesh_bench_ledger", _BENCH / "ledger.py")
+assert _spec is not None and _spec.loader is not None
+_ledger_bench = importlib.util.module_from_spec(_spec)
+sys.modules[_spec.name] = _ledger_bench
+_spec.loader.exec_module(_ledger_bench)
+fund, machine_info = _ledger_bench.fund, _ledger_bench.machine_info
+percentiles, start_chain = _ledger_bench.percentiles, _ledger_bench.start_chain
+
+import uvicorn  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from medmesh.consent.access_log import AccessLog  # noqa: E402
+from medmesh.consent.gateway import Gateway  # noqa: E402
+from medmesh.consent.sharing import RecordKeeper  # noqa: E402
+from medmesh.daemons import free_port  # noqa: E402
+from medmesh.devnet import Devnet  # noqa: E402
+from medmesh.identity import Wallet  # noqa: E402
+from medmesh.interop.fhir.index import FhirIndex, IndexedResource  # noqa: E402
+from medmesh.interop.fhir.outcome import FhirError  # noqa: E402
+from medmesh.interop.fhir.repository import ACCOUNT_SYSTEM  # noqa: E402
+from medmesh.interop.fhir.search import parse_search  # noqa: E402
+from medmesh.interop.fhir.server import FhirService, create_fhir_app  # noqa: E402
+from medmesh.interop.smart import client_assertion  # noqa: E402
+from medmesh.ledger.client import Ledger  # noqa: E402
+from medmesh.ledger.contracts import Purpose, Role, Scope  # noqa: E402
+from medmesh.ledger.deploy import deploy  # noqa: E402
+from medmesh.ledger.indexer import Indexer  # noqa: E402
+from medmesh.ledger.rpc import Rpc  # noqa: E402
+from medmesh.ledger.tx import TxSender  # noqa: E402
+from medmesh.storage.backends.network import NetworkStore  # noqa: E402
+from medmesh.storage.client import Client  # noqa: E402
+from medmesh.storage.uploader import StoreParams  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+console = Console()
+CODES = [
+    ("2339-0", "Glucose", "mg/dL"),
+    ("8867-4", "Heart rate", "/min"),
+    ("8480-6", "Systolic BP", "mm[Hg]"),
+]
+FOREVER = 2**63
+PARAMS = StoreParams(k=2, n=3)
+
+
+def observation(rng: random.Random, patient_id: str, n: int) -> dict[str, Any]:
+    code, text, unit = CODES[n % len(CODES)]
+    day = rng.randrange(730)
+    when = time.strftime(
+        "%Y-%m-%dT%H:%M:%SZ", time.gmtime(1_700_000_000 + day * 86400 + rng.randrange(86400))
+    )
+    return {
+        "resourceType": "Observation", "id": f"obs-{n}", "status": "final",
+        "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category",
+                                   "code": "vital-signs" if code != "2339-0" else "laboratory"}]}],
+        "code": {"coding": [{"system": "http://loinc.org", "code": code, "display": text}], "text": text},
+        "subject": {"reference": f"Patient/{patient_id}"}, "effectiveDateTime": when,
+        "valueQuantity": {"value": round(rng.uniform(50, 180), 1), "unit": unit,
+                          "system": "http://unitsofmeasure.org", "code": unit},
+    }  # fmt: skip
+
+
+def patient(wallet: Wallet, chain_id: int, n: int) -> dict[str, Any]:
+    return {
+        "resourceType": "Patient", "id": f"pat-{n}",
+        "identifier": [{"system": ACCOUNT_SYSTEM, "value": wallet.did(chain_id)}],
+        "name": [{"family": f"Synthetic{n}", "given": ["Test"]}],
+        "gender": ("female", "male", "other")[n % 3], "birthDate": f"{1940 + n % 60}-0{1 + n % 9}-1{n % 10}",
+    }  # fmt: skip
+
+
+def reader(url: str, token: str, ids: list[str], out: Any) -> None:
+    """One client process: GET each id over one keep-alive connection, time each."""
+    host, port = url.split("//", 1)[1].split("/", 1)[0].split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    headers = {"Authorization": f"Bearer {token}"}
+    times, bad = [], 0
+    for id_ in ids:
+        t = time.perf_counter()
+        conn.request("GET", f"/fhir/Observation/{id_}", headers=headers)
+        r = conn.getresponse()
+        body = r.read()
+        times.append(time.perf_counter() - t)
+        if r.status != 200 or json.loads(body).get("id") != id_:
+            bad += 1
+    out.put((times, bad))
+
+
+def get_token(url: str, hospital: Wallet) -> str:
+    import requests
+
+    r = requests.post(
+        f"{url}/auth/token",
+        data={"grant_type": "client_credentials",
+              "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+              "client_assertion": client_assertion(hospital, f"{url}/auth/token"), "scope": "system/*.rs"},
+        timeout=10,
+    )  # fmt: skip
+    r.raise_for_status()
+    return str(r.json()["access_token"])
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--resources", type=int, default=10_000, help="resources imported (default 10,000)"
+    )
+    ap.add_argument("--patients", type=int, default=50)
+    ap.add_argument("--chunk", type=int, default=1000, help="resources per save_many call")
+    ap.add_argument("--reads", type=int, default=4000)
+    ap.add_argument("--clients", type=int, default=4, help="client processes for the reads")
+    ap.add_argument("--searches", type=int, default=1000)
+    ap.add_argument("--search-resources", type=int, default=100_000, help="index size for step 3b")
+    ap.add_argument("--json", default=str(ROOT / "bench" / "out" / "fhir.json"))
+    args = ap.parse_args()
+    info = machine_info()
+    results: dict[str, Any] = {"args": vars(args)}
+    rng = random.Random(7)
+    with contextlib.ExitStack() as stack:
+        work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="medmesh-fhir-bench-")))
+        gov, hospital = Wallet.create(), Wallet.create()
+        patients = [Wallet.create() for _ in range(args.patients)]
+        nodes = Devnet(work / "nodes")
+        stack.callback(nodes.down)
+        node_urls = [
+            s.url
+            for s in nodes.up(
+                3,
+                trusted=[gov.address, hospital.address, *(p.address for p in patients)],
+                base_port=0,
+            )
+        ]
+        chain, url, watch = start_chain(stack, work / "chain")
+        watch.stop()
+        rpc = stack.enter_context(Rpc(url, timeout=60.0))
+        fund(rpc, gov.address, hospital.address, *(p.address for p in patients))
+        book = deploy(TxSender(rpc, gov))
+        g = Ledger(url, book, signer=gov, durable=chain.wait_durable)
+        console.print(f"registering {len(patients)} patients and their consents ...")
+        h = Ledger(url, book, signer=hospital, durable=chain.wait_durable)
+        h.registry.register(hospital.encryption_public_key.to_bytes(), "")
+        g.registry.admit(hospital.address, Role.PROVIDER | Role.GATEWAY)
+
+        def enrol(p: Wallet) -> None:  # each patient is its own sender: all in parallel
+            pl = Ledger(url, book, signer=p)
+            pl.registry.register(p.encryption_public_key.to_bytes(), "")
+            pl.consent.grant(
+                hospital.address, Scope.all(), Purpose.TREATMENT | Purpose.CONTRIBUTE, FOREVER
+            )
+
+        with ThreadPoolExecutor(16) as pool:
+            list(pool.map(enrol, patients))
+
+        indexer = Indexer(h, f"sqlite:///{work}/hospital-index.db")
+        log = AccessLog(h, f"sqlite:///{work}/gateway.db")
+        port = free_port(socket.SOCK_STREAM)
+        gateway = Gateway(h, indexer, NetworkStore(node_urls, signer=hospital, params=PARAMS), log,
+                          domain=f"127.0.0.1:{port}", uri=f"http://127.0.0.1:{port}")  # fmt: skip
+        keeper = RecordKeeper(
+            hospital,
+            h,
+            indexer,
+            Client(NetworkStore(node_urls, signer=hospital, params=PARAMS), hospital),
+        )
+        base = f"http://127.0.0.1:{port}/fhir"
+        service = FhirService(gateway, keeper, work / "fhir.db", base_url=base)
+        log.start()
+        stack.callback(log.stop, flush=False)
+        server = uvicorn.Server(uvicorn.Config(create_fhir_app(service), host="127.0.0.1", port=port,
+                                               log_level="warning", access_log=False))  # fmt: skip
+        serving = threading.Thread(target=server.run, daemon=True)
+        serving.start()
+        stack.callback(serving.join, 10.0)
+        stack.callback(setattr, server, "should_exit", True)
+        while not server.started:
+            time.sleep(0.05)
+
+        # 1. import
+        chain_id = h.chain_id
+        resources = [patient(w, chain_id, i) for i, w in enumerate(patients)]
+        resources += [
+            observation(rng, f"pat-{i % len(patients)}", i)
+            for i in range(args.resources - len(patients))
+        ]
+        console.print(f"importing {len(resources):,} resources in chunks of {args.chunk} ...")
+        failed = 0
+        t0 = time.perf_counter()
+        for first in range(0, len(resources), args.chunk):
+            done = service.repo.save_many(resources[first : first + args.chunk])
+            failed += sum(isinstance(d, FhirError) for d in done)
+        import_s = time.perf_counter() - t0
+        results["import"] = {"resources": len(resources), "failed": failed, "seconds": import_s,
+                             "per_s": len(resources) / import_s}  # fmt: skip
+        console.print(f"  {len(resources) / import_s:,.0f} resources/s ({failed} failed)")
+
+        # 2. reads
+        token = get_token(base, hospital)
+        obs_ids = [r["id"] for r in resources if r["resourceType"] == "Observation"]
+        warm = [rng.choice(obs_ids) for _ in range(50)]
+        ctx = multiprocessing.get_context("spawn")
+        q: Any = ctx.Queue()
+        reader(base, token, warm, q)
+        q.get()
+        per = args.reads // args.clients
+        console.print(f"{per * args.clients:,} reads from {args.clients} client processes ...")
+        procs = [ctx.Process(target=reader, args=(base, token, [rng.choice(obs_ids) for _ in range(per)], q))
+                 for _ in range(args.clients)]  # fmt: skip
+        t0 = time.perf_counter()
+        for p in procs:
+            p.start()
+        got = [q.get() for _ in procs]
+        reads_s = time.perf_counter() - t0
+        for p in procs:
+            p.join()
+        times = [t for ts, _ in got for t in ts]
+        results["reads"] = {"clients": args.clients, "count": len(times), "bad": sum(b for _, b in got),
+                            "per_s": len(times) / reads_s, "latency": percentiles(times)}  # fmt: skip
+
+        # 3a. search through the API
+        import requests
+
+        session = requests.Session()
+        session.headers["Authorization"] = f"Bearer {token}"
+        stimes, hits = [], 0
+        for _ in range(args.searches):
+            code = rng.choice(CODES)[0]
+            start = time.strftime(
+                "%Y-%m-%d", time.gmtime(1_700_000_000 + rng.randrange(730) * 86400)
+            )
+            params = {
+                "patient": f"pat-{rng.randrange(len(patients))}",
+                "code": f"http://loinc.org|{code}",
+                "date": f"ge{start}",
+            }
+            t = time.perf_counter()
+            r = session.get(f"{base}/Observation", params=params, timeout=30)
+            stimes.append(time.perf_counter() - t)
+            r.raise_for_status()
+            hits += len(r.json().get("entry", []))
+        results["search_api"] = {"indexed": service.index.count(), "searches": len(stimes),
+                                 "mean_hits": hits / len(stimes), "latency": percentiles(stimes)}  # fmt: skip
+
+        # 3b. the index alone at --search-resources rows
+        index: FhirIndex = service.index
+        extra = args.search_resources - index.count()
+        console.print(f"filling the index with {max(extra, 0):,} synthetic rows ...")
+        n = 0
+        while n < extra:
+            batch = []
+            for _ in range(min(5000, extra - n)):
+                i = 1_000_000 + n
+                body = observation(rng, f"pat-{rng.randrange(len(patients))}", i)
+                row = IndexedResource(os.urandom(32), "Observation", body["id"], 1, True, patients[0].address,
+                                      b"synthetic", 1_700_000_000.0 + n)  # fmt: skip
+                batch.append((row, body))
+                n += 1
+            index.put(batch)
+        itimes, ihits = [], 0
+        for _ in range(args.searches):
+            code = rng.choice(CODES)[0]
+            start = time.strftime(
+                "%Y-%m-%d", time.gmtime(1_700_000_000 + rng.randrange(730) * 86400)
+            )
+            query = parse_search("Observation", [("patient", f"pat-{rng.randrange(len(patients))}"),
+                                                 ("code", f"http://loinc.org|{code}"), ("date", f"ge{start}")])  # fmt: skip
+            t = time.perf_counter()
+            found, _ = index.search(query)
+            itimes.append(time.perf_counter() - t)
+            ihits += len(found)
+        results["search_index"] = {"indexed": index.count(), "searches": len(itimes),
+                                   "mean_hits": ihits / len(itimes), "latency": percentiles(itimes)}  # fmt: skip
+        results["machine"] = info | {"load_average_at_end": [round(x, 2) for x in os.getloadavg()]}
+
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(results, indent=2))
+    table = Table(title="medmesh FHIR (vm, 2 cores)")
+    for col in ("measure", "value", "target"):
+        table.add_column(col)
+    imp, rd, sa, si = (
+        results["import"],
+        results["reads"],
+        results["search_api"],
+        results["search_index"],
+    )
+    table.add_row(
+        f"import {imp['resources']:,} resources (save_many, chunks of {args.chunk})",
+        f"{imp['per_s']:,.0f} /s ({imp['seconds']:.1f} s, {imp['failed']} failed)",
+        ">= 1,000 /s",
+    )
+    lat = rd["latency"]
+    table.add_row(
+        f"reads, {rd['clients']} clients, {rd['count']:,} (bad: {rd['bad']})",
+        f"{rd['per_s']:,.0f} /s",
+        ">= 500 /s",
+    )
+    table.add_row(
+        "  read latency p50 / p95 / p99 / max",
+        f"{lat['p50_ms']:.1f} / {lat['p95_ms']:.1f} / {lat['p99_ms']:.1f} / {lat['max_ms']:.0f} ms",
+        "p99 <= 50 ms",
+    )
+    lat = sa["latency"]
+    table.add_row(
+        f"search via API, {sa['indexed']:,} indexed, {sa['mean_hits']:.1f} hits",
+        f"p50 {lat['p50_ms']:.1f} / p99 {lat['p99_ms']:.1f} ms",
+        "",
+    )
+    lat = si["latency"]
+    table.add_row(f"search, index alone, {si['indexed']:,} indexed, {si['mean_hits']:.1f} hits", f"p50 {lat['p50_ms']:.1f} / p99 {lat['p99_ms']:.1f} ms", "p99 <= 50 ms")  # fmt: skip
+    console.print(table)
+    m = results["machine"]
+    console.print(f"{m['date']}  {m['cpu']}, {m['cores']} cores, {m['memory_gb']} GB, Python {m['python']}, "
+                  f"{m['anvil']}, commit {m['commit']}, load average {m['load_average_at_start'][0]} at start, "
+                  f"{m['load_average_at_end'][0]} at end")  # fmt: skip
+    console.print(f"command: {m['command']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
