@@ -55,6 +55,7 @@ class World:
     hospital: Wallet
     patient: Wallet
     other: Wallet
+    spare: Wallet  # trusted by the nodes, otherwise unused until a test enrols it
     url: str  # .../fhir
     service: FhirService
 
@@ -90,13 +91,13 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     chain = LocalChain(root / "chain")
     st = chain.up(port=0)
     assert st.rpc_url
-    gov, hospital, patient, other = (Wallet.create() for _ in range(4))
+    gov, hospital, patient, other, spare = (Wallet.create() for _ in range(5))
     with Rpc(st.rpc_url) as rpc:
-        for w in (gov, hospital, patient, other):
+        for w in (gov, hospital, patient, other, spare):
             rpc.call("anvil_setBalance", w.address, hex(10**21))
         book, _ = ensure_deployed(TxSender(rpc, gov), root / "addresses.json")
     cluster = LocalCluster(
-        root / "nodes", 3, trusted=[w.address for w in (gov, hospital, patient, other)]
+        root / "nodes", 3, trusted=[w.address for w in (gov, hospital, patient, other, spare)]
     )
     g = Ledger(st.rpc_url, book, signer=gov, durable=chain.wait_durable)
     for w in (hospital, patient, other):
@@ -125,7 +126,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     deadline = time.monotonic() + 10
     while not server.started and time.monotonic() < deadline:
         time.sleep(0.05)
-    w = World(root, st.rpc_url, book, chain, cluster, hospital, patient, other, url, service)
+    w = World(root, st.rpc_url, book, chain, cluster, hospital, patient, other, spare, url, service)
     # the patient lets the hospital treat and write records for them
     w.keeper(patient).grant(
         hospital.address, Scope.all(), Purpose.TREATMENT | Purpose.CONTRIBUTE, FOREVER
@@ -489,3 +490,36 @@ def test_save_many_stores_the_good_and_reports_the_bad(world: World, token: str)
     assert sorted(e["resource"]["valueQuantity"]["value"] for e in r.json()["entry"]) == [70, 71]
     read = requests.get(f"{world.url}/Observation/batch-obs-2", headers=_h(token), timeout=10)
     assert read.status_code == 200 and read.json()["effectiveDateTime"] == "2024-01-02"
+
+
+def test_a_grant_brings_the_patients_own_records_into_the_index(world: World, token: str) -> None:
+    """A patient's records written before any grant (sealed for the patient alone) reach the
+    hospital's index when the patient grants access: their keys come in the grant's capsule
+    block, and reads open them with it."""
+    import json as _json
+
+    own = world.spare
+    Ledger(world.rpc_url, world.book, signer=own).registry.register(
+        own.encryption_public_key.to_bytes(), ""
+    )  # type: ignore[arg-type]
+    keeper = world.keeper(own)
+    pat = {**_patient(world, own, "Own"), "id": "own-patient"}
+    obs = {**_glucose("own-patient", 111, "2023-05-05"), "id": "own-obs"}
+    for resource in (pat, obs):
+        keeper.put(_json.dumps(resource).encode(), f"fhir:{resource['resourceType']}")
+    assert world.service.index.current("Observation", "own-obs") is None
+    keeper.grant(world.hospital.address, Scope.kind("fhir:Observation"), Purpose.TREATMENT, FOREVER)
+    keeper.grant(world.hospital.address, Scope.kind("fhir:Patient"), Purpose.TREATMENT, FOREVER)
+    deadline = time.monotonic() + 15
+    while (
+        world.service.index.current("Observation", "own-obs") is None
+        and time.monotonic() < deadline
+    ):
+        time.sleep(0.2)
+    r = requests.get(f"{world.url}/Observation/own-obs", headers=_h(token), timeout=10)
+    assert r.status_code == 200, r.text
+    assert r.json()["valueQuantity"]["value"] == 111 and r.json()["meta"]["versionId"] == "1"
+    found = requests.get(
+        f"{world.url}/Observation", params={"patient": "own-patient"}, headers=_h(token), timeout=10
+    )
+    assert [e["resource"]["id"] for e in found.json()["entry"]] == ["own-obs"]

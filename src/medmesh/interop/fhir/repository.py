@@ -43,7 +43,7 @@ from typing import Any, Final
 from medmesh.consent.gateway import Access, Gateway
 from medmesh.consent.sharing import NewRecord, RecordKeeper
 from medmesh.crypto.capsule import KeyCapsule
-from medmesh.crypto.envelope import RecordOpener
+from medmesh.crypto.envelope import NoCapsuleError, RecordOpener
 from medmesh.errors import ConsentError, MedmeshError
 from medmesh.interop.fhir.index import FhirIndex, IndexedResource, Query
 from medmesh.interop.fhir.outcome import FhirError
@@ -390,14 +390,19 @@ class FhirRepository:
         return with_meta(body, row)
 
     async def _fetch(self, access: Access) -> dict[str, Any]:
-        capsule = await self.gateway.capsule_for(access)
-        extra = [KeyCapsule.from_bytes(capsule)] if capsule else []
-        opener = RecordOpener(self.keeper.wallet.encryption_keys, extra)
-        parts = []
-        async for piece in self.gateway.ciphertext(access):
-            parts.append(opener.update(piece))
-        parts.append(opener.finalize())
-        out: dict[str, Any] = json.loads(b"".join(parts))
+        """Fetch the record's ciphertext (verified against its CID) and open it: with the
+        institution's capsule in the record's own header when there is one (records written
+        or sealed after the grant), else with the capsule its grant's capsule block holds."""
+        data = b"".join([piece async for piece in self.gateway.ciphertext(access)])
+        try:
+            plain = _open_sealed(data, self.keeper.wallet.encryption_keys, [])
+        except NoCapsuleError:
+            capsule = await self.gateway.capsule_for(access)
+            if not capsule:
+                raise
+            extra = [KeyCapsule.from_bytes(capsule)]
+            plain = _open_sealed(data, self.keeper.wallet.encryption_keys, extra)
+        out: dict[str, Any] = json.loads(plain)
         return out
 
     async def history(
@@ -508,6 +513,11 @@ class FhirRepository:
             self.me, row.record, row.patient, row.kind, Cid.from_bytes(row.cid), Purpose.TREATMENT
         )
         return await self._fetch(access)
+
+
+def _open_sealed(data: bytes, keys: Any, extra: list[KeyCapsule]) -> bytes:
+    opener = RecordOpener(keys, extra)
+    return opener.update(data) + opener.finalize()
 
 
 def _version_numbers(rows: Iterable[RecordRow]) -> dict[bytes, int]:
