@@ -48,6 +48,7 @@ test: $(STAMP) $(ANVIL)
 bench: $(STAMP) $(ANVIL)
 	$(BIN)/python bench/storage.py
 	$(BIN)/python bench/ledger.py
+	$(BIN)/python bench/fhir.py
 
 clean:
 	rm -rf $(VENV) node_modules build *.egg-info src/*.egg-info .pytest_cache .mypy_cache .ruff_cache
