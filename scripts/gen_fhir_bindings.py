@@ -18,20 +18,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-STORED = (
-    "Patient",
-    "Observation",
-    "Condition",
-    "AllergyIntolerance",
-    "MedicationRequest",
-    "Immunization",
-    "Procedure",
-    "Encounter",
-    "DiagnosticReport",
-    "DocumentReference",
-    "ImagingStudy",
-    "Consent",
-)
+from medmesh.interop.fhir.types import SUPPORTED_TYPES as STORED
+
 EXTRA = ("Bundle", "Resource", "DomainResource")
 FHIR_TYPE_EXT = "http://hl7.org/fhir/StructureDefinition/structuredefinition-fhir-type"
 

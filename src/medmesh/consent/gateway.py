@@ -151,6 +151,19 @@ class Gateway:
         """(patient, kind, cid) of an anchored record (remembered: they never change)."""
         return self._located(record)
 
+    def _has_access_call(
+        self, requester: str, record: bytes, purpose: Purpose
+    ) -> tuple[str, list[Any]]:
+        """The ``Consent.has_access`` eth_call at ``latest``, as a JSON-RPC batch entry."""
+        address = bytes.fromhex(requester.removeprefix("0x"))
+        data = self._has_access_selector + abi_encode(
+            self._has_access_types, [address, record, int(purpose)]
+        )
+        return (
+            "eth_call",
+            [{"to": self.ledger.consent.address, "data": "0x" + data.hex()}, "latest"],
+        )
+
     def _decide(self, requester: str, record: bytes, purpose: Purpose) -> tuple[bool, int]:
         """(``Consent.has_access`` at the latest block, the head block number).
 
@@ -158,12 +171,8 @@ class Gateway:
         ``eth_abi`` (13 µs) rather than through web3's contract object (~450 µs), as this runs
         on every request.
         """
-        address = bytes.fromhex(requester.removeprefix("0x"))
-        data = self._has_access_selector + abi_encode(
-            self._has_access_types, [address, record, int(purpose)]
-        )
-        call = {"to": self.ledger.consent.address, "data": "0x" + data.hex()}
-        head, raw = self.ledger.rpc.batch([("eth_blockNumber", []), ("eth_call", [call, "latest"])])
+        call = self._has_access_call(requester, record, purpose)
+        head, raw = self.ledger.rpc.batch([("eth_blockNumber", []), call])
         for answer in (head, raw):
             if isinstance(answer, RpcCallError):
                 raise answer.to_exception()
@@ -174,18 +183,10 @@ class Gateway:
         self, requester: str, records: list[bytes], purpose: Purpose
     ) -> tuple[list[bool], int]:
         """:meth:`_decide` for many records in one JSON-RPC batch (search results)."""
-        address = bytes.fromhex(requester.removeprefix("0x"))
-        calls: list[tuple[str, list[Any]]] = [("eth_blockNumber", [])]
-        for record in records:
-            data = self._has_access_selector + abi_encode(
-                self._has_access_types, [address, record, int(purpose)]
-            )
-            calls.append(
-                (
-                    "eth_call",
-                    [{"to": self.ledger.consent.address, "data": "0x" + data.hex()}, "latest"],
-                )
-            )
+        calls = [
+            ("eth_blockNumber", []),
+            *(self._has_access_call(requester, r, purpose) for r in records),
+        ]
         answers = self.ledger.rpc.batch(calls)
         for answer in answers:
             if isinstance(answer, RpcCallError):

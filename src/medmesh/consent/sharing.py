@@ -129,7 +129,8 @@ class RecordKeeper:
         return EncryptionPublicKey.from_bytes("x25519", raw)
 
     def _covering_grantees(self, patient: str, kind: str) -> list[str]:
-        self.indexer.sync()
+        """Current kind or all-records grantees of ``patient`` for ``kind`` (from the index,
+        which the caller has synced)."""
         tag_scope = Scope.kind(kind).word
         now = time.time()
         grantees = {
@@ -138,6 +139,20 @@ class RecordKeeper:
             if not g.break_glass and g.scope in (tag_scope, Scope.all().word)
         }
         return sorted(grantees)
+
+    def _recipients(
+        self, owner: str, kind: str, keys: dict[str, EncryptionPublicKey]
+    ) -> list[EncryptionPublicKey]:
+        """Whom a new record of ``owner``'s ``kind`` is sealed for besides this wallet: the
+        owner and every current kind or all-records grantee (``keys`` caches their keys)."""
+        out = []
+        for account in [owner, *self._covering_grantees(owner, kind)]:
+            if account == self.wallet.address:
+                continue
+            if account not in keys:
+                keys[account] = self.encryption_key_of(account)
+            out.append(keys[account])
+        return out
 
     # -- records --------------------------------------------------------------------------------
 
@@ -152,10 +167,8 @@ class RecordKeeper:
         """Seal, store and anchor a record (for ``patient``, when writing as a provider)."""
         kind_tag(kind)  # validate before any work
         owner = to_checksum_address(patient) if patient else self.wallet.address
-        recipients = [] if owner == self.wallet.address else [self.encryption_key_of(owner)]
-        for grantee in self._covering_grantees(owner, kind):
-            if grantee != self.wallet.address:
-                recipients.append(self.encryption_key_of(grantee))
+        self.indexer.sync()
+        recipients = self._recipients(owner, kind, {})
         stored = self.client.put(source, recipients=recipients)
         previous = record_id(owner, supersedes) if supersedes is not None else b"\0" * 32
         if owner == self.wallet.address:
@@ -185,25 +198,15 @@ class RecordKeeper:
         for item in items:
             kind_tag(item.kind)
         keys: dict[str, EncryptionPublicKey] = {}
-        grantees: dict[tuple[str, str], list[str]] = {}
-
-        def recipients(owner: str, kind: str) -> list[EncryptionPublicKey]:
-            if (owner, kind) not in grantees:
-                grantees[(owner, kind)] = self._covering_grantees(owner, kind)
-            out = []
-            for account in ([owner] if owner != self.wallet.address else []) + grantees[
-                (owner, kind)
-            ]:
-                if account != self.wallet.address:
-                    if account not in keys:
-                        keys[account] = self.encryption_key_of(account)
-                    out.append(keys[account])
-            return out
-
+        sealed_for: dict[tuple[str, str], list[EncryptionPublicKey]] = {}
+        self.indexer.sync()
         owners = [
             to_checksum_address(i.patient) if i.patient else self.wallet.address for i in items
         ]
-        plan = [recipients(owner, item.kind) for owner, item in zip(owners, items, strict=True)]
+        for owner, item in zip(owners, items, strict=True):
+            if (owner, item.kind) not in sealed_for:
+                sealed_for[(owner, item.kind)] = self._recipients(owner, item.kind, keys)
+        plan = [sealed_for[(owner, item.kind)] for owner, item in zip(owners, items, strict=True)]
 
         async def store_all() -> list[Any]:
             gate = asyncio.Semaphore(concurrency)

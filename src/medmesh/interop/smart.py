@@ -65,6 +65,7 @@ from eth_utils.exceptions import ValidationError
 
 from medmesh.errors import AuthError, InvalidInputError
 from medmesh.identity.wallet import Wallet
+from medmesh.interop.fhir.types import SUPPORTED_TYPES
 
 __all__ = [
     "ACTIONS",
@@ -101,20 +102,6 @@ MAX_ENTRIES: Final = 100_000
 """Live access tokens, and assertions remembered against replay, kept at most (each)."""
 SWEEP_INTERVAL: Final = 60.0
 
-SUPPORTED_TYPES: Final = (
-    "Patient",
-    "Observation",
-    "Condition",
-    "AllergyIntolerance",
-    "MedicationRequest",
-    "Immunization",
-    "Procedure",
-    "Encounter",
-    "DiagnosticReport",
-    "DocumentReference",
-    "ImagingStudy",
-    "Consent",
-)
 ACTIONS: Final = frozenset({"read", "search", "create", "update", "delete"})
 _V1: Final = {
     "read": frozenset({"read", "search"}),

@@ -23,6 +23,7 @@ content (nothing is stored), 5xx the ledger or storage failed.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 from collections.abc import Awaitable, Callable
@@ -223,7 +224,7 @@ def mount_fhir(
                     )
                 ]
             )
-        return saved_response(await _in_thread(repo.create, resource))
+        return saved_response(await asyncio.to_thread(repo.create, resource))
 
     @router.put("/{type_}/{id_}")
     @_handled
@@ -231,7 +232,7 @@ def mount_fhir(
         check_type(type_)
         principal(request).require(type_, "update")
         resource = await body_of(request)
-        saved = await _in_thread(
+        saved = await asyncio.to_thread(
             functools.partial(
                 repo.update, type_, id_, resource, if_match=request.headers.get("if-match")
             )
@@ -291,12 +292,6 @@ def mount_fhir(
         )
 
     app.include_router(router)
-
-
-async def _in_thread(fn: Callable[..., Any], *args: Any) -> Any:
-    import asyncio
-
-    return await asyncio.to_thread(fn, *args)
 
 
 def _searchset(

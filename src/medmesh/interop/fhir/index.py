@@ -327,6 +327,10 @@ class FhirIndex:
         )
         return None if row is None else self._open(record, bytes(row[0]))
 
+    def patients(self) -> list[str]:
+        """Every patient with a resource in the index."""
+        return [r[0] for r in self._conn().execute("SELECT DISTINCT patient FROM resources")]
+
     def records_of(self, patient: str) -> list[bytes]:
         rows = self._conn().execute("SELECT record FROM resources WHERE patient = ?", (patient,))
         return [bytes(r[0]) for r in rows]

@@ -46,7 +46,7 @@ from medmesh.crypto.capsule import KeyCapsule
 from medmesh.crypto.envelope import NoCapsuleError, RecordOpener
 from medmesh.errors import ConsentError, MedmeshError
 from medmesh.interop.fhir.index import FhirIndex, IndexedResource, Query
-from medmesh.interop.fhir.outcome import FhirError
+from medmesh.interop.fhir.outcome import FhirError, Issue
 from medmesh.interop.fhir.params import ref_key
 from medmesh.interop.fhir.validation import SUPPORTED_TYPES, references, validate_resource
 from medmesh.ledger.client import Ledger
@@ -102,6 +102,16 @@ class Saved:
     resource: dict[str, Any]
     row: IndexedResource
     created: bool
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """A checked resource version, ready to store."""
+
+    type: str
+    body: dict[str, Any]  # the stored form: id set, no versionId / lastUpdated
+    owner: str
+    previous: IndexedResource | None
 
 
 class FhirRepository:
@@ -205,7 +215,7 @@ class FhirRepository:
 
     def create(self, resource: dict[str, Any], *, id_: str | None = None) -> Saved:
         resource = validate_resource(resource)
-        return self._save(resource, id_ or str(uuid.uuid4()), previous=None)
+        return self._store([self._plan(resource, id_ or str(uuid.uuid4()))])[0]
 
     def update(
         self, type_: str, id_: str, resource: dict[str, Any], *, if_match: str | None = None
@@ -215,49 +225,15 @@ class FhirRepository:
             raise FhirError.invalid(
                 [_issue("invalid", "the resource's id must equal the id in the URL", f"{type_}.id")]
             )
-        current = self.index.current(type_, id_)
         if if_match is not None:
             wanted = if_match.strip().removeprefix("W/").strip('"')
+            current = self.index.current(type_, id_)
             if current is None or wanted != str(current.version):
                 raise FhirError.precondition_failed(
                     f"version conflict: If-Match names version {wanted or '?'}, "
                     f"the current version is {current.version if current else 'none'}"
                 )
-        return self._save(resource, id_, previous=current)
-
-    def _save(
-        self, resource: dict[str, Any], id_: str, *, previous: IndexedResource | None
-    ) -> Saved:
-        type_ = resource["resourceType"]
-        self._check_references(resource)
-        owner = self._owner_of(resource)
-        if previous is not None and previous.patient != owner:
-            raise FhirError.invalid(
-                [
-                    _issue(
-                        "business-rule",
-                        "an update cannot move a resource to another patient",
-                        f"{type_}.subject",
-                    )
-                ],
-                status=422,
-            )
-        body = _stored_form(resource, id_)
-        data = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
-        with self._write_lock:
-            put = self.keeper.put(
-                data,
-                kind_of(type_),
-                supersedes=Cid.from_bytes(previous.cid) if previous else None,
-                patient=None if owner == self.me else owner,
-            )
-            anchor = self.ledger.records.anchor_of(put.record)
-            row = IndexedResource(
-                put.record, type_, id_, previous.version + 1 if previous else 1, True, owner,
-                bytes(put.cid), float(anchor.anchored_at),
-            )  # fmt: skip
-            self.index.put([(row, body)])
-        return Saved(with_meta(body, row), row, previous is None)
+        return self._store([self._plan(resource, id_)])[0]
 
     def save_many(self, resources: list[dict[str, Any]]) -> list[Saved | FhirError]:
         """Create or update many resources at once (an import): each is validated and
@@ -269,14 +245,14 @@ class FhirRepository:
         """
         results: list[Saved | FhirError | None] = [None] * len(resources)
         pending: dict[str, str] = {}  # "Type/id" -> owner, for resources earlier in the batch
-        plan: list[tuple[int, dict[str, Any], str, IndexedResource | None, str]] = []
+        plans: list[_Plan] = []
+        at: list[int] = []
         for i, resource in enumerate(resources):
             try:
                 resource = validate_resource(resource)
                 type_ = resource["resourceType"]
                 id_ = str(resource.get("id") or uuid.uuid4())
-                key = f"{type_}/{id_}"
-                if key in pending:
+                if f"{type_}/{id_}" in pending:
                     raise FhirError.invalid(
                         [
                             _issue(
@@ -285,42 +261,60 @@ class FhirRepository:
                         ],
                         status=422,
                     )
-                self._check_references(resource, pending)
-                owner = self._owner_of(resource, pending)
-                previous = self.index.current(type_, id_)
-                if previous is not None and previous.patient != owner:
-                    raise FhirError.invalid(
-                        [_issue("business-rule", "an update cannot move a resource to another patient", f"{type_}.subject")],
-                        status=422,
-                    )  # fmt: skip
+                plan = self._plan(resource, id_, pending)
             except FhirError as exc:
                 results[i] = exc
                 continue
-            pending[key] = owner
-            plan.append((i, _stored_form(resource, id_), owner, previous, type_))
-        if plan:
-            items = [
-                NewRecord(
-                    json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode(),
-                    kind_of(type_),
-                    supersedes=Cid.from_bytes(previous.cid) if previous else None,
-                    patient=None if owner == self.me else owner,
-                )
-                for _, body, owner, previous, type_ in plan
-            ]
-            with self._write_lock:
-                puts = self.keeper.put_many(items)
-                times = self._block_times({p.block for p in puts})
-                rows = []
-                for (i, body, owner, previous, type_), put in zip(plan, puts, strict=True):
-                    row = IndexedResource(
-                        put.record, type_, body["id"], previous.version + 1 if previous else 1,
-                        True, owner, bytes(put.cid), times[put.block],
-                    )  # fmt: skip
-                    rows.append((row, body))
-                    results[i] = Saved(with_meta(body, row), row, previous is None)
-                self.index.put(rows)
+            pending[f"{type_}/{id_}"] = plan.owner
+            plans.append(plan)
+            at.append(i)
+        for i, saved in zip(at, self._store(plans), strict=True):
+            results[i] = saved
         return [r if r is not None else FhirError.not_found("not processed") for r in results]
+
+    def _plan(
+        self, resource: dict[str, Any], id_: str, pending: dict[str, str] | None = None
+    ) -> _Plan:
+        """Check a validated resource's references and owner before anything is stored."""
+        type_ = resource["resourceType"]
+        self._check_references(resource, pending)
+        owner = self._owner_of(resource, pending)
+        previous = self.index.current(type_, id_)
+        if previous is not None and previous.patient != owner:
+            raise FhirError.invalid(
+                [_issue("business-rule", "an update cannot move a resource to another patient", f"{type_}.subject")],
+                status=422,
+            )  # fmt: skip
+        return _Plan(type_, _stored_form(resource, id_), owner, previous)
+
+    def _store(self, plans: list[_Plan]) -> list[Saved]:
+        """Seal, store and anchor planned versions (anchors pipelined together), then index."""
+        if not plans:
+            return []
+        items = [
+            NewRecord(
+                json.dumps(p.body, separators=(",", ":"), ensure_ascii=False).encode(),
+                kind_of(p.type),
+                supersedes=Cid.from_bytes(p.previous.cid) if p.previous else None,
+                patient=None if p.owner == self.me else p.owner,
+            )
+            for p in plans
+        ]
+        with self._write_lock:
+            puts = self.keeper.put_many(items)
+            times = self._block_times({put.block for put in puts})
+            rows = [
+                (IndexedResource(
+                    put.record, p.type, p.body["id"], p.previous.version + 1 if p.previous else 1,
+                    True, p.owner, bytes(put.cid), times[put.block],
+                ), p.body)
+                for p, put in zip(plans, puts, strict=True)
+            ]  # fmt: skip
+            self.index.put(rows)
+        return [
+            Saved(with_meta(body, row), row, p.previous is None)
+            for p, (row, body) in zip(plans, rows, strict=True)
+        ]
 
     def _block_times(self, blocks: set[int]) -> dict[int, float]:
         """The timestamps of ``blocks`` (one JSON-RPC batch)."""
@@ -453,7 +447,7 @@ class FhirRepository:
             now = self._clock()
             if now - self._last_full >= FULL_RECONCILE_S or since < 0:
                 patients = {g.patient for g in indexer.grants(grantee=self.me)} | {self.me}
-                patients |= set(self.index_patients())
+                patients |= set(self.index.patients())
                 self._last_full = now
             else:
                 patients = indexer.patients_changed(self.me, since)
@@ -462,10 +456,6 @@ class FhirRepository:
                 changed += await self._reconcile(patient, now)
             self.index.set_meta("ledger_block", str(head))
             return changed
-
-    def index_patients(self) -> list[str]:
-        rows = self.index._conn().execute("SELECT DISTINCT patient FROM resources")
-        return [r[0] for r in rows]
 
     def _covered(self, patient: str, rows: list[RecordRow], now: float) -> list[RecordRow]:
         if patient == self.me:
@@ -544,7 +534,5 @@ def _version_numbers(rows: Iterable[RecordRow]) -> dict[bytes, int]:
     return out
 
 
-def _issue(code: str, text: str, expression: str) -> Any:
-    from medmesh.interop.fhir.outcome import Issue
-
+def _issue(code: str, text: str, expression: str) -> Issue:
     return Issue("error", code, text, [expression])

@@ -56,6 +56,7 @@ from medmesh.interop.fhir.bindings import (
     VALUE_SETS,
 )
 from medmesh.interop.fhir.outcome import FhirError, Issue
+from medmesh.interop.fhir.types import SUPPORTED_TYPES
 
 __all__ = [
     "BUNDLE_TYPES",
@@ -71,21 +72,6 @@ __all__ = [
     "validate_resource",
 ]
 
-SUPPORTED_TYPES: Final[tuple[str, ...]] = (
-    "Patient",
-    "Observation",
-    "Condition",
-    "AllergyIntolerance",
-    "MedicationRequest",
-    "Immunization",
-    "Procedure",
-    "Encounter",
-    "DiagnosticReport",
-    "DocumentReference",
-    "ImagingStudy",
-    "Consent",
-)
-"""The resource types medmesh stores (Bundle is validated, never stored)."""
 
 BUNDLE_TYPES: Final[tuple[str, ...]] = ("transaction", "batch")
 """The Bundle types :func:`validate_bundle` takes (what ``POST [base]`` processes)."""
