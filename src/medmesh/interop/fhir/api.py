@@ -3,6 +3,7 @@
     GET  /fhir/metadata                              CapabilityStatement
     GET  /fhir/.well-known/smart-configuration       SMART backend-services discovery
     POST /fhir/auth/token                            client_credentials + ES256K JWT assertion
+    POST /fhir                                       transaction/batch Bundle → response Bundle
     POST /fhir/{type}                                create            201, Location, ETag
     GET  /fhir/{type}/{id}                           read              200, ETag
     PUT  /fhir/{type}/{id}                           update (If-Match) 200 / 201
@@ -34,11 +35,17 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from medmesh.errors import AuthError, ConsentError, MedmeshError, NotFoundError
+from medmesh.interop.fhir.bundles import process_bundle
 from medmesh.interop.fhir.capability import capability_statement
 from medmesh.interop.fhir.outcome import FhirError, Issue, operation_outcome
 from medmesh.interop.fhir.repository import FhirRepository, Saved
 from medmesh.interop.fhir.search import parse_search
-from medmesh.interop.fhir.validation import MAX_RESOURCE_BYTES, SUPPORTED_TYPES, parse_json
+from medmesh.interop.fhir.validation import (
+    MAX_BUNDLE_BYTES,
+    MAX_RESOURCE_BYTES,
+    SUPPORTED_TYPES,
+    parse_json,
+)
 from medmesh.interop.smart import OAuthError, TokenService, smart_configuration
 from medmesh.ledger.contracts import Purpose
 
@@ -206,6 +213,16 @@ def mount_fhir(
         headers = _etag(saved.resource)
         headers["Location"] = f"{base_url}/{row.type}/{row.id}/_history/{row.version}"
         return _fhir(saved.resource, 201 if saved.created else 200, headers)
+
+    @router.post("")
+    @router.post("/")
+    @_handled
+    async def bundle(request: Request) -> Response:
+        caller = principal(request)
+        purpose = _purpose(request)
+        data = await body_of(request, MAX_BUNDLE_BYTES)
+        answer = await process_bundle(repo, data, caller=caller, purpose=purpose, base_url=base_url)
+        return _fhir(answer)
 
     @router.post("/{type_}")
     @_handled

@@ -74,6 +74,7 @@ def capability_statement(base_url: str, token_url: str) -> dict[str, Any]:
                     "only as far as on-chain consent allows",
                 },
                 "resource": resources,
+                "interaction": [{"code": "transaction"}, {"code": "batch"}],
             }
         ],
     }

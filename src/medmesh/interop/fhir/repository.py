@@ -48,7 +48,12 @@ from medmesh.errors import ConsentError, MedmeshError
 from medmesh.interop.fhir.index import FhirIndex, IndexedResource, Query
 from medmesh.interop.fhir.outcome import FhirError, Issue
 from medmesh.interop.fhir.params import ref_key
-from medmesh.interop.fhir.validation import SUPPORTED_TYPES, references, validate_resource
+from medmesh.interop.fhir.validation import (
+    SUPPORTED_TYPES,
+    in_entry,
+    references,
+    validate_resource,
+)
 from medmesh.ledger.client import Ledger
 from medmesh.ledger.contracts import ALL_SCOPE, Purpose, Role, kind_tag
 from medmesh.ledger.events import checksum
@@ -161,9 +166,7 @@ class FhirRepository:
             status=422,
         )  # fmt: skip
 
-    def _check_references(
-        self, resource: dict[str, Any], pending: dict[str, str] | None = None
-    ) -> None:
+    def _check_references(self, resource: dict[str, Any], expected: set[str] | None = None) -> None:
         """Every relative reference to a supported type must name a resource this gateway
         knows (references to other types, absolute URLs and ``urn:`` ones are not checked)."""
         missing = []
@@ -174,7 +177,7 @@ class FhirRepository:
             type_, id_ = key.split("/", 1)
             if (
                 type_ in SUPPORTED_TYPES
-                and key not in (pending or {})
+                and key not in (expected or ())
                 and self.index.current(type_, id_) is None
             ):
                 missing.append(
@@ -183,7 +186,7 @@ class FhirRepository:
         if missing:
             raise FhirError.invalid(missing, status=422)
 
-    def _owner_of(self, resource: dict[str, Any], pending: dict[str, str] | None = None) -> str:
+    def _owner_of(self, resource: dict[str, Any], owners: dict[str, str] | None = None) -> str:
         type_ = resource["resourceType"]
         if type_ == "Patient":
             return self._account_of_patient(resource)
@@ -195,8 +198,8 @@ class FhirRepository:
                 else None
             )
             if key and key.startswith("Patient/"):
-                if pending and key in pending:
-                    return pending[key]
+                if owners and key in owners:
+                    return owners[key]
                 patient = self.index.current("Patient", key.split("/", 1)[1])
                 if patient is not None:
                     return patient.patient
@@ -225,60 +228,110 @@ class FhirRepository:
             raise FhirError.invalid(
                 [_issue("invalid", "the resource's id must equal the id in the URL", f"{type_}.id")]
             )
-        if if_match is not None:
-            wanted = if_match.strip().removeprefix("W/").strip('"')
-            current = self.index.current(type_, id_)
-            if current is None or wanted != str(current.version):
-                raise FhirError.precondition_failed(
-                    f"version conflict: If-Match names version {wanted or '?'}, "
-                    f"the current version is {current.version if current else 'none'}"
-                )
+        self.check_version(type_, id_, if_match)
         return self._store([self._plan(resource, id_)])[0]
 
+    def check_version(self, type_: str, id_: str, if_match: str | None) -> None:
+        """412 unless ``if_match`` (an ETag such as ``W/"3"``; None: no condition) names the
+        current version of ``type_/id_``."""
+        if if_match is None:
+            return
+        wanted = if_match.strip().removeprefix("W/").strip('"')
+        current = self.index.current(type_, id_)
+        if current is None or wanted != str(current.version):
+            raise FhirError.precondition_failed(
+                f"version conflict: If-Match names version {wanted or '?'}, "
+                f"the current version is {current.version if current else 'none'}"
+            )
+
     def save_many(self, resources: list[dict[str, Any]]) -> list[Saved | FhirError]:
-        """Create or update many resources at once (an import): each is validated and
+        """Create or update many resources at once (a batch, an import): each is validated and
         checked on its own (a failure is returned in its place, nothing of it stored), the
         rest are sealed and stored concurrently and anchored together.
 
         A resource keeps its ``id`` (a new version if the id is known, the first one if not);
         one without an id gets a new one. References may name resources earlier in the list.
         """
-        results: list[Saved | FhirError | None] = [None] * len(resources)
-        pending: dict[str, str] = {}  # "Type/id" -> owner, for resources earlier in the batch
-        plans: list[_Plan] = []
-        at: list[int] = []
+        checked = self._plan_many(resources)
+        stored = iter(self._store([c for c in checked if isinstance(c, _Plan)]))
+        return [next(stored) if isinstance(c, _Plan) else c for c in checked]
+
+    def save_all(self, resources: list[dict[str, Any]], *, paths: list[str]) -> list[Saved]:
+        """:meth:`save_many`, all or nothing (a transaction): if any resource fails its checks,
+        nothing is stored and one :class:`FhirError` lists every failure, its FHIRPaths moved
+        under ``paths[i]`` (``Bundle.entry[3].resource``, say)."""
+        checked = self._plan_many(resources)
+        failed = [(i, c) for i, c in enumerate(checked) if isinstance(c, FhirError)]
+        if failed:
+            issues = [in_entry(issue, paths[i]) for i, exc in failed for issue in exc.issues]
+            status = 422 if all(exc.status == 422 for _, exc in failed) else 400
+            raise FhirError.invalid(issues, status=status)
+        return self._store([c for c in checked if isinstance(c, _Plan)])
+
+    def _plan_many(self, resources: list[dict[str, Any]]) -> list[_Plan | FhirError]:
+        """Validate and check each resource. References may name any resource of the list
+        (Patients are planned first, so the others find their owner); a resource that names
+        one which failed fails too, so nothing stored points nowhere."""
+        out: list[_Plan | FhirError | None] = [None] * len(resources)
+        valid: dict[int, tuple[dict[str, Any], str]] = {}
+        keys: dict[str, int] = {}
         for i, resource in enumerate(resources):
             try:
                 resource = validate_resource(resource)
                 type_ = resource["resourceType"]
                 id_ = str(resource.get("id") or uuid.uuid4())
-                if f"{type_}/{id_}" in pending:
+                if f"{type_}/{id_}" in keys:
                     raise FhirError.invalid(
-                        [
-                            _issue(
-                                "duplicate", "the same resource twice in one import", f"{type_}.id"
-                            )
-                        ],
+                        [_issue("duplicate", "the same resource twice in one request", f"{type_}.id")],
                         status=422,
-                    )
-                plan = self._plan(resource, id_, pending)
+                    )  # fmt: skip
             except FhirError as exc:
-                results[i] = exc
+                out[i] = exc
                 continue
-            pending[f"{type_}/{id_}"] = plan.owner
-            plans.append(plan)
-            at.append(i)
-        for i, saved in zip(at, self._store(plans), strict=True):
-            results[i] = saved
-        return [r if r is not None else FhirError.not_found("not processed") for r in results]
+            keys[f"{type_}/{id_}"] = i
+            valid[i] = (resource, id_)
+        owners: dict[str, str] = {}  # "Patient/id" -> account, for Patients of this list
+        order = sorted(valid, key=lambda i: valid[i][0]["resourceType"] != "Patient")
+        for i in order:
+            resource, id_ = valid[i]
+            try:
+                plan = self._plan(resource, id_, set(keys), owners)
+            except FhirError as exc:
+                out[i] = exc
+                continue
+            if plan.type == "Patient":
+                owners[f"Patient/{id_}"] = plan.owner
+            out[i] = plan
+        failed = {k for k, i in keys.items() if isinstance(out[i], FhirError)}
+        while failed:  # drop what names a failed resource of this list, until none does
+            newly = set()
+            for key, i in keys.items():
+                done = out[i]
+                if not isinstance(done, _Plan):
+                    continue
+                bad = [path for path, ref in references(done.body) if ref_key(ref) in failed]
+                if bad:
+                    out[i] = FhirError.invalid(
+                        [_issue("not-found", "references a resource of this request that failed", p) for p in bad],
+                        status=422,
+                    )  # fmt: skip
+                    newly.add(key)
+            failed = newly
+        return [o if o is not None else FhirError.not_found("not processed") for o in out]
 
     def _plan(
-        self, resource: dict[str, Any], id_: str, pending: dict[str, str] | None = None
+        self,
+        resource: dict[str, Any],
+        id_: str,
+        expected: set[str] | None = None,
+        owners: dict[str, str] | None = None,
     ) -> _Plan:
-        """Check a validated resource's references and owner before anything is stored."""
+        """Check a validated resource's references and owner before anything is stored
+        (``expected``: keys of resources written in the same request; ``owners``: the
+        accounts of Patients among them)."""
         type_ = resource["resourceType"]
-        self._check_references(resource, pending)
-        owner = self._owner_of(resource, pending)
+        self._check_references(resource, expected)
+        owner = self._owner_of(resource, owners)
         previous = self.index.current(type_, id_)
         if previous is not None and previous.patient != owner:
             raise FhirError.invalid(

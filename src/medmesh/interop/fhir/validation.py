@@ -65,6 +65,7 @@ __all__ = [
     "MAX_JSON_DEPTH",
     "MAX_RESOURCE_BYTES",
     "SUPPORTED_TYPES",
+    "in_entry",
     "parse_json",
     "parse_reference",
     "references",
@@ -777,7 +778,7 @@ def _moved(path: str, prefix: str) -> str:
     return f"{prefix}.{rest}" if dot else prefix
 
 
-def _in_entry(issue: Issue, prefix: str) -> Issue:
+def in_entry(issue: Issue, prefix: str) -> Issue:
     """``issue`` of an entry's resource, its paths moved under ``prefix``."""
     paths = [_moved(path, prefix) for path in issue.expression]
     return Issue(issue.severity, issue.code, issue.diagnostics, paths)
@@ -850,10 +851,10 @@ def validate_bundle(
             s, r, walk = _check(resource, None, allow_types)
         except FhirError as exc:
             target = structure if exc.status != 422 else rules
-            target.extend(_in_entry(issue, prefix) for issue in exc.issues)
+            target.extend(in_entry(issue, prefix) for issue in exc.issues)
             continue
-        structure.extend(_in_entry(issue, prefix) for issue in s)
-        rules.extend(_in_entry(issue, prefix) for issue in r)
+        structure.extend(in_entry(issue, prefix) for issue in s)
+        rules.extend(in_entry(issue, prefix) for issue in r)
         refs.extend((_moved(path, prefix), ref) for path, ref in walk.refs)
         if method in ("POST", "PUT") and isinstance(url, str):
             rules.extend(_url_rules(method, url, resource, where))
