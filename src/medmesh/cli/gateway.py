@@ -96,6 +96,10 @@ def run(
 def up(
     ctx: typer.Context,
     port: Annotated[int, typer.Option(help="HTTP port on 127.0.0.1.")] = DEFAULT_GATEWAY_PORT,
+    fhir: Annotated[
+        bool,
+        typer.Option("--fhir", help="Also serve the FHIR R4 API under /fhir (see `gateway run`)."),
+    ] = False,
     json_out: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Start the gateway in the background (log and PID under <home>/gateway)."""
@@ -105,7 +109,7 @@ def up(
     with errors():
         phrase = passphrase()
         open_wallet(home)  # fail here, clearly, on a wrong passphrase
-        st = GatewayDaemon(home).up(port, passphrase=phrase)
+        st = GatewayDaemon(home).up(port, passphrase=phrase, fhir=fhir)
     if json_out:
         print_json(st.to_json())
         return

@@ -79,9 +79,15 @@ class GatewayDaemon:
         return GatewayStatus(pid is not None, self._info().get("url"), pid, str(self.log))
 
     def up(
-        self, port: int = DEFAULT_GATEWAY_PORT, *, passphrase: str, timeout: float = 60.0
+        self,
+        port: int = DEFAULT_GATEWAY_PORT,
+        *,
+        passphrase: str,
+        fhir: bool = False,
+        timeout: float = 60.0,
     ) -> GatewayStatus:
-        """Start the service unless it runs (port 0: any free port); return once it answers."""
+        """Start the service unless it runs (port 0: any free port); return once it answers.
+        ``fhir``: also serve the FHIR R4 API (``gateway run --fhir``)."""
         current = self.status()
         if current.running and current.url and health(current.url):
             return current
@@ -104,6 +110,7 @@ class GatewayDaemon:
             str(port),
             "--pid-file",
             str(self.pid_file),
+            *(["--fhir"] if fhir else []),
         ]
         # the service's environment alone carries the passphrase: never written to disk
         spawn_detached(cmd, self.log, env={ENV_PASSPHRASE: passphrase})

@@ -37,7 +37,7 @@ from medmesh.interop.fhir.search import parse_search
 from medmesh.interop.fhir.validation import SUPPORTED_TYPES, in_entry, validate_bundle
 from medmesh.ledger.contracts import Purpose
 
-__all__ = ["Caller", "process_bundle"]
+__all__ = ["Caller", "process_bundle", "rename_references"]
 
 _WRITES: Final = {"POST": "create", "PUT": "update"}
 _REASONS: Final = {200: "OK", 201: "Created", 400: "Bad Request", 401: "Unauthorized",
@@ -259,18 +259,19 @@ def _assign_ids(writes: list[_Entry], entries: list[_Entry]) -> None:
     if renames:
         for e in entries:
             if e.resource is not None:
-                e.resource = _renamed(e.resource, renames)
+                e.resource = rename_references(e.resource, renames)
 
 
-def _renamed(value: Any, renames: dict[str, str]) -> Any:
+def rename_references(value: Any, renames: dict[str, str]) -> Any:
+    """``value`` with every ``reference`` found in ``renames`` replaced by its new name."""
     if isinstance(value, dict):
-        out = {k: _renamed(v, renames) for k, v in value.items()}
+        out = {k: rename_references(v, renames) for k, v in value.items()}
         ref = out.get("reference")
         if isinstance(ref, str) and ref in renames:
             out["reference"] = renames[ref]
         return out
     if isinstance(value, list):
-        return [_renamed(v, renames) for v in value]
+        return [rename_references(v, renames) for v in value]
     return value
 
 

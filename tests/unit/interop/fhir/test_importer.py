@@ -1,0 +1,178 @@
+"""The FHIR importer's sequence, ids, chunks, report and resumption, against an in-process
+gateway stand-in (the real gateway is exercised in tests/integration/interop)."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from medmesh.errors import InvalidInputError
+from medmesh.interop.fhir.importer import Importer, read_items
+from medmesh.interop.fhir.repository import ACCOUNT_SYSTEM
+
+
+class Gateway:
+    """Answers batch Bundles: 422 for Observations whose status is 'bad', 201 otherwise;
+    can be told to fail (as an unreachable gateway) on its n-th call."""
+
+    def __init__(self, fail_on: int | None = None) -> None:
+        self.bundles: list[dict[str, Any]] = []
+        self.fail_on = fail_on
+
+    def __call__(self, bundle: dict[str, Any]) -> dict[str, Any]:
+        if self.fail_on is not None and len(self.bundles) == self.fail_on:
+            raise InvalidInputError("gateway away")
+        self.bundles.append(bundle)
+        out = []
+        for e in bundle["entry"]:
+            assert e["request"]["method"] == "PUT"
+            r = e["resource"]
+            assert e["request"]["url"] == f"{r['resourceType']}/{r['id']}"
+            if r.get("status") == "bad":
+                issue = {"severity": "error", "code": "code-invalid",
+                         "diagnostics": "not a valid code", "expression": ["Observation.status"]}  # fmt: skip
+                out.append({"response": {"status": "422 Unprocessable Entity",
+                                         "outcome": {"resourceType": "OperationOutcome", "issue": [issue]}}})  # fmt: skip
+            else:
+                out.append({"response": {"status": "201 Created"}})
+        return {"resourceType": "Bundle", "type": "batch-response", "entry": out}
+
+    def sent(self) -> list[dict[str, Any]]:
+        return [e["resource"] for b in self.bundles for e in b["entry"]]
+
+
+def _obs(pid: str, status: str = "final", id_: str | None = None) -> dict[str, Any]:
+    r: dict[str, Any] = {"resourceType": "Observation", "status": status,
+                         "code": {"text": "x"}, "subject": {"reference": f"Patient/{pid}"}}  # fmt: skip
+    if id_:
+        r["id"] = id_
+    return r
+
+
+def _ndjson(path: Path, lines: list[Any]) -> Path:
+    path.write_text("".join((x if isinstance(x, str) else json.dumps(x)) + "\n" for x in lines))
+    return path
+
+
+def test_patients_first_fixed_ids_and_failures_reported(tmp_path: Path) -> None:
+    src = _ndjson(tmp_path / "export.ndjson", [
+        _obs("p1", id_="o1"), "{not json", _obs("p1"), {"resourceType": "Patient", "id": "p1"},
+        "", _obs("p1", status="bad", id_="o3"), [1, 2],
+    ])  # fmt: skip
+    gw = Gateway()
+    imp = Importer([src], gw, state_dir=tmp_path / "state", chunk=2)
+    assert imp.count() == 6  # blank lines are not resources
+    s = imp.run()
+    sent = gw.sent()
+    assert [r["resourceType"] for r in sent] == [
+        "Patient",
+        "Observation",
+        "Observation",
+        "Observation",
+    ]
+    assert [len(b["entry"]) for b in gw.bundles] == [2, 2]  # chunks of 2, patients first
+    no_id = sent[2]["id"]
+    assert str(uuid.UUID(no_id)) == no_id
+    assert (s.imported, s.failed, s.done) == (3, 3, 6)
+    assert s.by_type == {"Patient": 1, "Observation": 2}
+    report = [json.loads(x) for x in Path(s.report).read_text().splitlines()]
+    assert sorted((r["place"], r["status"]) for r in report) == [(2, "400"), (6, "422"), (7, "400")]
+    bad = next(r for r in report if r["status"] == "422")
+    assert bad["id"] == "o3" and bad["issues"][0]["expression"] == ["Observation.status"]
+    # the same input gives the same ids: a re-run updates, it does not duplicate
+    gw2 = Gateway()
+    Importer([src], gw2, state_dir=tmp_path / "other", chunk=2).run()
+    assert [r["id"] for r in gw2.sent()] == [r["id"] for r in sent]
+
+
+def test_resumes_where_it_stopped(tmp_path: Path) -> None:
+    src = _ndjson(tmp_path / "a.ndjson", [_obs("p1", id_=f"o{i}") for i in range(10)])
+    state = tmp_path / "state"
+    gw = Gateway(fail_on=2)
+    imp = Importer([src], gw, state_dir=state, chunk=3)
+    with pytest.raises(InvalidInputError):
+        imp.run()
+    assert imp.summary.done == 6
+    gw2 = Gateway()
+    again = Importer([src], gw2, state_dir=state, chunk=3)
+    assert again.summary.resumed_at == 6
+    seen: list[int] = []
+    s = again.run(seen.append)
+    assert [r["id"] for r in gw2.sent()] == ["o6", "o7", "o8", "o9"]
+    assert (s.imported, s.done, seen) == (10, 10, [6, 3, 1])
+    # --restart starts over; a changed file is another import
+    gw3 = Gateway()
+    Importer([src], gw3, state_dir=state, chunk=3, restart=True).run()
+    assert len(gw3.sent()) == 10
+    _ndjson(src, [_obs("p1", id_="o0")])
+    assert Importer([src], Gateway(), state_dir=state).summary.resumed_at == 0
+
+
+def test_transaction_bundle_links_become_fixed_references(tmp_path: Path) -> None:
+    pat, enc = f"urn:uuid:{uuid.uuid4()}", f"urn:uuid:{uuid.uuid4()}"
+    obs = _obs("x")
+    obs["subject"] = {"reference": pat}
+    obs["encounter"] = {"reference": enc}
+    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"fullUrl": enc, "resource": {"resourceType": "Encounter", "status": "finished",
+                                      "class": {"code": "AMB"}, "subject": {"reference": pat}},
+         "request": {"method": "POST", "url": "Encounter"}},
+        {"fullUrl": f"urn:uuid:{uuid.uuid4()}", "resource": obs, "request": {"method": "POST", "url": "Observation"}},
+        {"fullUrl": pat, "resource": {"resourceType": "Patient", "meta": {"versionId": "7"}},
+         "request": {"method": "POST", "url": "Patient"}},
+        {"request": {"method": "DELETE", "url": "Patient/old"}},
+    ]}  # fmt: skip
+    path = tmp_path / "tx.json"
+    path.write_text(json.dumps(bundle))
+    gw = Gateway()
+    s = Importer([path], gw, state_dir=tmp_path / "s", accounts={}).run()
+    p, e, o = gw.sent()
+    assert p["resourceType"] == "Patient" and "_fullUrl" not in p
+    assert e["subject"]["reference"] == f"Patient/{p['id']}"
+    assert o["subject"]["reference"] == f"Patient/{p['id']}"
+    assert o["encounter"]["reference"] == f"Encounter/{e['id']}"
+    assert (s.imported, s.failed) == (3, 1)  # the DELETE entry is reported, not imported
+
+
+def test_accounts_add_the_owner_identifier(tmp_path: Path) -> None:
+    address = "0x" + "ab" * 20
+    src = _ndjson(tmp_path / "p.ndjson", [
+        {"resourceType": "Patient", "id": "p1",
+         "identifier": [{"system": ACCOUNT_SYSTEM, "value": "stale"}, {"system": "mrn", "value": "1"}]},
+        {"resourceType": "Patient", "id": "p2"},
+    ])  # fmt: skip
+    gw = Gateway()
+    Importer([src], gw, state_dir=tmp_path / "s", accounts={"p1": address}, chain_id=31337).run()
+    p1, p2 = gw.sent()
+    assert p1["identifier"] == [
+        {"system": "mrn", "value": "1"},
+        {"system": ACCOUNT_SYSTEM, "value": f"did:pkh:eip155:31337:{address}"},
+    ]
+    assert "identifier" not in p2
+    with pytest.raises(InvalidInputError):
+        Importer([src], gw, state_dir=tmp_path / "s", accounts={"p1": address})  # no chain id
+
+
+def test_inputs_gzip_single_resources_and_refusals(tmp_path: Path) -> None:
+    gz = tmp_path / "obs.ndjson.gz"
+    gz.write_bytes(gzip.compress(json.dumps(_obs("p1", id_="g1")).encode() + b"\n"))
+    assert [i.resource["id"] for i in read_items(gz) if i.resource] == ["g1"]
+    one = tmp_path / "one.json"
+    one.write_text(json.dumps(_obs("p1", id_="s1")))
+    assert [i.place for i in read_items(one)] == [0]
+    junk = tmp_path / "junk.json"
+    junk.write_text("not json at all")
+    with pytest.raises(InvalidInputError, match="neither NDJSON nor a JSON Bundle"):
+        list(read_items(junk))
+    with pytest.raises(InvalidInputError, match="chunk"):
+        Importer([one], Gateway(), state_dir=tmp_path / "s", chunk=0)
+    state = tmp_path / "s2"
+    Importer([one], Gateway(), state_dir=state).run()
+    next(state.glob("*[0-9a-f].json")).write_text("{broken")
+    with pytest.raises(InvalidInputError, match="--restart"):
+        Importer([one], Gateway(), state_dir=state)
