@@ -31,7 +31,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Final
+from typing import IO, Any, BinaryIO, Final, cast
 
 from medmesh.errors import InvalidInputError
 from medmesh.interop.fhir.bundles import rename_references
@@ -79,8 +79,10 @@ class ImportSummary:
         }  # fmt: skip
 
 
-def _open(path: Path) -> IO[bytes]:
-    return gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb")
+def _open(path: Path) -> BinaryIO:
+    if path.suffix == ".gz":
+        return cast(BinaryIO, gzip.GzipFile(path, "rb"))
+    return path.open("rb")
 
 
 def _is_ndjson(path: Path) -> bool:
