@@ -7,8 +7,12 @@ How it goes:
   ``POST`` with a ``urn:uuid:`` fullUrl, say) a UUIDv5 of the input's digest and its place,
   and references to ``urn:uuid:`` fullUrls are rewritten to ``Type/id``. So the import is a
   sequence of ``PUT Type/id``, each chunk independent of the others;
-- Patients go first (other resources find their owner through them), then the rest, in file
-  order; the sequence is the same on every run over the same files;
+- Patients go first (other resources find their owner through them), then Encounters, then
+  the rest, then reports (DiagnosticReport, ImagingStudy, DocumentReference, Consent), each
+  in file order; the sequence is the same on every run over the same files. A reference
+  between resources of one chunk always resolves; across chunks, the resource named must
+  come earlier in that order (or already be on the gateway), else the one naming it is
+  reported (422) and can be imported again once it is there;
 - chunks of ``chunk`` resources are sent as ``batch`` Bundles; each failed entry is written to
   the report (source, place, type, id, status, the OperationOutcome's issues: no values);
 - after every chunk, the number done is saved in the state file, next to the report: run the
@@ -41,6 +45,10 @@ __all__ = ["DEFAULT_CHUNK", "ImportSummary", "Importer", "Item", "read_items"]
 
 DEFAULT_CHUNK: Final = 500
 _NAMESPACE: Final = uuid.UUID("8f7d1a52-6c7e-4d8e-9a55-3b1d2f0c6e11")  # medmesh import ids
+
+# the order of an import: resources are usually referenced by those of a higher rank
+_RANKS: Final = {"Patient": 0, "Encounter": 1, "DiagnosticReport": 3, "ImagingStudy": 3,
+                 "DocumentReference": 3, "Consent": 3}  # fmt: skip
 
 Send = Callable[[dict[str, Any]], dict[str, Any]]
 
@@ -211,11 +219,13 @@ class Importer:
     # -- the sequence --------------------------------------------------------------------------
 
     def _sequence(self) -> Iterator[Item]:
-        """Patients of every file first, then the rest, each in file order."""
-        for patients in (True, False):
+        """Patients of every file first, then Encounters, then the rest, then the reports
+        that gather other resources (in file order within each): what is referenced is
+        mostly sent before what references it, even across chunks."""
+        for rank in range(4):
             for path in self.paths:
                 for item in read_items(path):
-                    if (item.type == "Patient") == patients:
+                    if _RANKS.get(item.type, 2) == rank:
                         yield item
 
     def count(self) -> int:
