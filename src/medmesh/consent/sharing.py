@@ -43,7 +43,6 @@ from medmesh.storage.client import Client, Source
 __all__ = ["EraseResult", "GrantResult", "NewRecord", "PutRecord", "RecordKeeper"]
 
 PREFIX_BYTES = 64 * 1024  # enough for the capsules and the stream header of any record
-PUT_CONCURRENCY = 16  # small records sealed and stored at once by put_many
 
 
 @dataclass(frozen=True)
@@ -184,11 +183,10 @@ class RecordKeeper:
             receipt.tx_hash,
         )
 
-    def put_many(
-        self, items: Sequence[NewRecord], *, concurrency: int = PUT_CONCURRENCY
-    ) -> list[PutRecord]:
-        """:meth:`put` for many small records: sealed and stored ``concurrency`` at a time,
-        then anchored together, pipelined into as few blocks as the gas limit allows.
+    def put_many(self, items: Sequence[NewRecord]) -> list[PutRecord]:
+        """:meth:`put` for many small records: sealed and stored in batches (one object per
+        record, a few signed requests per node per batch: ``Client.aput_many``), then
+        anchored together, pipelined into as few blocks as the gas limit allows.
 
         Stored ciphertext whose anchor then fails is unreachable (no anchor, no grant) and
         is only reported as an error; the caller may retry the whole batch.
@@ -209,15 +207,9 @@ class RecordKeeper:
         plan = [sealed_for[(owner, item.kind)] for owner, item in zip(owners, items, strict=True)]
 
         async def store_all() -> list[Any]:
-            gate = asyncio.Semaphore(concurrency)
-
-            async def one(data: bytes, keys_: list[EncryptionPublicKey]) -> Any:
-                async with gate:
-                    return await self.client.aput(data, recipients=keys_)
-
-            try:
-                return await asyncio.gather(
-                    *(one(i.data, r) for i, r in zip(items, plan, strict=True))
+            try:  # few signed requests per node for the whole batch, one object per record
+                return await self.client.aput_many(
+                    [(i.data, r) for i, r in zip(items, plan, strict=True)]
                 )
             finally:
                 await self.client.store.close()

@@ -18,6 +18,7 @@ Modules, one idea each (see docs/storage.md for how they fit together):
 - ``node/``      the storage node service (HTTP, DHT, daemon)
 - ``transport``  the client side of the node protocol
 - ``uploader``   the streaming put pipeline
+- ``batch``      the put pipeline for many small objects (one request per node per chunk)
 - ``locate``, ``fetcher``, ``downloader``  finding and fetching an object, fastest first
 - ``repair``     re-creating lost shares
 - ``backends/``  object stores behind one interface (network, kubo, memory)

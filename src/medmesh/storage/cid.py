@@ -75,13 +75,14 @@ class Cid:
     True
     """
 
-    __slots__ = ("_bytes", "codec", "digest", "hash_code", "version")
+    __slots__ = ("_bytes", "_text", "codec", "digest", "hash_code", "version")
 
     version: int
     codec: int
     hash_code: int
     digest: bytes
     _bytes: bytes
+    _text: str  # the text form, set on first use
 
     def __init__(self, version: int, codec: int, hash_code: int, digest: bytes) -> None:
         if version == 0 and (codec != DAG_PB or hash_code != SHA2_256 or len(digest) != 32):
@@ -194,9 +195,16 @@ class Cid:
 
     # -- text form ---------------------------------------------------------------------
     def __str__(self) -> str:
+        try:
+            return self._text
+        except AttributeError:
+            pass
         if self.version == 0:
-            return str(_MfCid.decode(self._bytes))  # base58btc
-        return "b" + base64.b32encode(self._bytes).decode("ascii").rstrip("=").lower()
+            text = str(_MfCid.decode(self._bytes))  # base58btc
+        else:
+            text = "b" + base64.b32encode(self._bytes).decode("ascii").rstrip("=").lower()
+        object.__setattr__(self, "_text", text)  # computed once: base32 is slow in Python
+        return text
 
     def __repr__(self) -> str:
         return f"Cid({str(self)!r})"

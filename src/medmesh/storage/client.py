@@ -24,7 +24,7 @@ from typing import IO, Any, TypeVar
 
 from medmesh.crypto.envelope import RecordOpener, RecordSealer
 from medmesh.crypto.keys import EncryptionPublicKey
-from medmesh.errors import InvalidInputError
+from medmesh.errors import InvalidInputError, MedmeshError, StorageError
 from medmesh.identity.wallet import Wallet
 from medmesh.storage.backends.base import (
     EraseReport,
@@ -35,7 +35,7 @@ from medmesh.storage.backends.base import (
 )
 from medmesh.storage.cid import Cid
 
-__all__ = ["Client", "GetResult", "PutResult"]
+__all__ = ["BatchPutError", "Client", "GetResult", "PutResult"]
 
 READ_SIZE = 4 * 1024 * 1024
 Source = str | os.PathLike[str] | bytes | IO[bytes]
@@ -62,6 +62,26 @@ class PutResult:
             out["manifest"] = str(self.manifest)
         out.update(self.details)
         return out
+
+
+class BatchPutError(StorageError):
+    """Some records of a batch could not be stored; the others were.
+
+    ``results`` lists, in the caller's order, the :class:`PutResult` of each stored record
+    (None for each failed one); ``errors`` maps the index of each failed record to its
+    error.
+    """
+
+    code = "batch_incomplete"
+
+    def __init__(self, results: list[PutResult | None], errors: dict[int, MedmeshError]) -> None:
+        first = errors[min(errors)]
+        super().__init__(
+            f"{len(errors)} of {len(results)} records could not be stored "
+            f"(record {min(errors)}: {first.message})"
+        )
+        self.results = results
+        self.errors = errors
 
 
 @dataclass(frozen=True)
@@ -154,6 +174,52 @@ class Client:
         finally:
             close()
         return PutResult(stored.cid, done[0], stored.size, stored.manifest, dict(stored.details))
+
+    async def aput_many(
+        self, items: Sequence[tuple[bytes, Sequence[EncryptionPublicKey]]]
+    ) -> list[PutResult]:
+        """Seal and store many small records: ``(plaintext, recipients)`` pairs.
+
+        Each record is sealed as :meth:`aput` seals it (a fresh data key, capsules for the
+        wallet and its ``recipients``) and stored as its own object: its own CID and
+        manifest, erasure-coded and placed as :meth:`aput` places it, so it is fetched,
+        verified, repaired and erased on its own. What changes is the traffic: with the
+        network store, each node gets one signed upload and one signed registration per
+        chunk of up to ``StoreParams.batch_objects`` records (or
+        ``StoreParams.batch_object_bytes`` bytes) instead of two of each per record;
+        sealing and encoding run in a worker thread, one chunk ahead of the uploads.
+
+        Returns one :class:`PutResult` per record, in order. If some records could not be
+        stored, raises :class:`BatchPutError` after the others were: its ``results`` hold
+        the stored ones (None for the failed) and ``errors`` why each failed one failed,
+        so the caller can keep the stored records and retry the rest.
+
+        >>> results = await client.aput_many([(b"{...}", [key]), (b"{...}", [])])  # doctest: +SKIP
+        """
+        me = self.wallet.encryption_public_key
+        for data, _ in items:
+            if not isinstance(data, bytes | bytearray | memoryview):
+                raise InvalidInputError("aput_many takes records as bytes")
+
+        def sealed() -> Iterator[bytes]:  # runs in the store's worker thread
+            for data, recipients in items:
+                sealer = RecordSealer([me, *recipients])
+                yield sealer.update(data) + sealer.finalize()
+
+        outcomes = await self.store.put_many(sealed())
+        results: list[PutResult | None] = []
+        errors: dict[int, MedmeshError] = {}
+        for i, ((data, _), got) in enumerate(zip(items, outcomes, strict=True)):
+            if isinstance(got, MedmeshError):
+                errors[i] = got
+                results.append(None)
+            else:
+                results.append(
+                    PutResult(got.cid, len(data), got.size, got.manifest, dict(got.details))
+                )
+        if errors:
+            raise BatchPutError(results, errors)
+        return [r for r in results if r is not None]
 
     async def aget(
         self,
@@ -263,6 +329,11 @@ class Client:
         self, cid: Cid | str, out: str | os.PathLike[str] | IO[bytes], **kwargs: Any
     ) -> GetResult:
         return asyncio.run(self._closing(self.aget(cid, out, **kwargs)))
+
+    def put_many(
+        self, items: Sequence[tuple[bytes, Sequence[EncryptionPublicKey]]]
+    ) -> list[PutResult]:
+        return asyncio.run(self._closing(self.aput_many(items)))
 
     def put_block(self, data: bytes) -> Cid:
         return asyncio.run(self._closing(self.aput_block(data)))

@@ -12,7 +12,7 @@ import asyncio
 import io
 import json
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -37,6 +37,8 @@ __all__ = ["NodeClient", "NodeStats", "open_session"]
 
 RAW_ACCEPT: Final = {"Accept": "application/vnd.ipld.raw"}
 DEFAULT_TIMEOUT: Final = aiohttp.ClientTimeout(total=120, sock_connect=5)
+#: Pairs per ``POST /objects/batch``: the node's limit (``node.service.MAX_REGISTER_BATCH``).
+MAX_REGISTER_BATCH: Final = 1024
 
 
 def open_session(limit_per_host: int = 8) -> aiohttp.ClientSession:
@@ -89,6 +91,21 @@ def _raise_for(status: int, body: bytes, what: str) -> None:
     if status == 400:
         raise InvalidInputError(text)
     raise NodeUnavailableError(text)
+
+
+_ENTRY_ERRORS: Final[dict[str, type[MedmeshError]]] = {
+    "not_found": NotFoundError,
+    "block_mismatch": BlockMismatchError,
+    "storage_full": StorageFullError,
+}
+
+
+def _entry_error(result: dict[str, Any], url: str) -> MedmeshError | None:
+    """The error of one entry of a batch answer (None if the entry succeeded)."""
+    if "error" not in result:
+        return None
+    cls = _ENTRY_ERRORS.get(str(result["error"]), InvalidInputError)
+    return cls(f"node {url} refused object registration: {result.get('message', '')}")
 
 
 @dataclass
@@ -235,6 +252,40 @@ class NodeClient:
             signed=True,
             what="object registration",
         )
+
+    async def register_many(self, entries: Sequence[tuple[Cid, Cid]]) -> list[MedmeshError | None]:
+        """Index many ``(object, manifest)`` pairs (``POST /objects/batch``, signed).
+
+        Returns, in order, None for each pair the node indexed or the error it gave for
+        that pair (the others are indexed all the same). Pairs go
+        :data:`MAX_REGISTER_BATCH` to a request. A refusal of a whole request (auth,
+        size, node down) raises as :meth:`register` does.
+        """
+        out: list[MedmeshError | None] = []
+        for first in range(0, len(entries), MAX_REGISTER_BATCH):
+            part = entries[first : first + MAX_REGISTER_BATCH]
+            body = json.dumps(
+                {"objects": [{"object": str(o), "manifest": str(m)} for o, m in part]}
+            ).encode()
+            _, data = await self._request(
+                "POST",
+                "/objects/batch",
+                body=body,
+                headers={"Content-Type": "application/json"},
+                signed=True,
+                what="object registration",
+            )
+            try:
+                results = json.loads(data)["results"]
+                if not isinstance(results, list) or len(results) != len(part):
+                    raise ValueError("one result per entry expected")
+                errors = [_entry_error(r, self.url) for r in results]
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                raise NodeUnavailableError(
+                    f"node {self.url} sent a malformed registration answer"
+                ) from exc
+            out.extend(errors)
+        return out
 
     async def erase_object(self, obj: Cid) -> int:
         """Erase ``obj`` on this node (signed); returns the number of blocks it deleted.

@@ -26,7 +26,7 @@ import os
 import queue
 import threading
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Final
@@ -42,7 +42,7 @@ from medmesh.storage.repair import location_from_acked, repair_location
 from medmesh.storage.stripes import EncodedStripe, encode_stripe_group
 from medmesh.storage.transport import NodeClient
 
-__all__ = ["PutReceipt", "StoreParams", "upload"]
+__all__ = ["PutReceipt", "StoreParams", "settle", "upload"]
 
 Progress = Callable[[int], None]
 _DONE: Final = object()
@@ -55,7 +55,10 @@ class StoreParams:
     ``chunk_size`` and ``max_links`` shape the UnixFS DAG (IPFS defaults); ``k``/``n`` the
     erasure code; ``proof_segment`` the Merkle segment for storage proofs. The rest tune
     throughput and memory: stripes per worker task, bytes per upload batch, concurrent
-    batches per node, and the budget of share bytes held in memory.
+    batches per node, and the budget of share bytes held in memory. ``batch_objects`` and
+    ``batch_object_bytes`` bound one chunk of :func:`medmesh.storage.batch.upload_many`
+    (objects and their bytes per signed request to a node); bigger objects are stored one
+    at a time like :func:`upload` does.
     """
 
     chunk_size: int = 262144
@@ -68,6 +71,8 @@ class StoreParams:
     per_node_inflight: int = 2
     max_inflight: int = 64 * 1024 * 1024
     workers: int = max(2, os.cpu_count() or 2)
+    batch_objects: int = 1000
+    batch_object_bytes: int = 8 * 1024 * 1024
 
     @property
     def erasure(self) -> ErasureParams:
@@ -281,17 +286,37 @@ async def upload(
     holders = {nid for shares in state.acked.values() for nid in shares.values()} - state.dead
     meta = dag_blocks + manifest_blocks
     await _publish(state, holders, root, manifest_cid, meta)
+    receipt, _ = await settle(
+        root, manifest_cid, manifest, meta, leaf_list, state.acked, state.dead, state.nodes
+    )
+    return receipt
+
+
+async def settle(
+    root: Cid,
+    manifest_cid: Cid,
+    manifest: Manifest,
+    meta: list[Block],
+    leaves: list[tuple[Cid, int]],
+    acked: Mapping[int, Mapping[int, str]],
+    dead: set[str],
+    nodes: dict[str, NodeClient],
+) -> tuple[PutReceipt, dict[int, dict[int, str]]]:
+    """The receipt of a stored object whose shares ``acked`` lists (stripe -> share -> node),
+    and where its shares are now (the same map, without dead nodes, with new holders).
+
+    Shares acknowledged by a node that has died since (in ``dead``) are re-created from the
+    survivors on other nodes first, so the object is at full strength on live nodes when
+    this returns; raises :class:`StorageError` if that cannot be done.
+    """
     live_acked = {
-        s: {i: nid for i, nid in shares.items() if nid not in state.dead}
-        for s, shares in state.acked.items()
+        s: {i: nid for i, nid in shares.items() if nid not in dead} for s, shares in acked.items()
     }
-    if any(len(shares) < len(state.acked[s]) for s, shares in live_acked.items()):
+    if any(len(shares) < len(acked[s]) for s, shares in live_acked.items()):
         # a node died after acknowledging shares: re-create them elsewhere now
-        for nid in state.dead:
-            state.nodes[nid].stats.alive = False
-        loc = location_from_acked(
-            root, manifest_cid, manifest, meta, leaf_list, live_acked, state.nodes
-        )
+        for nid in dead:
+            nodes[nid].stats.alive = False
+        loc = location_from_acked(root, manifest_cid, manifest, meta, leaves, live_acked, nodes)
         report = await repair_location(loc)
         if report.unrecoverable or report.unplaced:
             raise StorageError(
@@ -305,8 +330,9 @@ async def upload(
     counts: dict[str, int] = defaultdict(int)
     for shares in live_acked.values():
         for nid in shares.values():
-            counts[state.nodes[nid].url] += 1
-    return PutReceipt(root, manifest_cid, total, len(stripes), dict(counts))
+            counts[nodes[nid].url] += 1
+    receipt = PutReceipt(root, manifest_cid, manifest.size, len(manifest.stripes), dict(counts))
+    return receipt, live_acked
 
 
 def _light(st: EncodedStripe) -> EncodedStripe:

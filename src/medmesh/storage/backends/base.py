@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from medmesh.errors import StorageError
+from medmesh.errors import MedmeshError, StorageError
 from medmesh.storage.cid import Cid
 
 __all__ = ["EraseReport", "ObjectStore", "Progress", "SizeHook", "StoredObject", "VerifyReport"]
@@ -98,6 +98,33 @@ class ObjectStore(ABC):
         StoredObject
             The object's CID (as ``ipfs add --cid-version=1 --raw-leaves`` computes it).
         """
+
+    async def put_many(self, objects: Iterable[bytes]) -> list[StoredObject | MedmeshError]:
+        """Store many objects held in memory (small sealed records, typically).
+
+        Each object is stored as :meth:`put` stores it, with its own CID. Stores that can
+        batch the work (fewer requests, fewer commits) override this; the default calls
+        :meth:`put` once per object.
+
+        Parameters
+        ----------
+        objects
+            The objects' bytes, consumed lazily, in a worker thread where the store can.
+
+        Returns
+        -------
+        list
+            One entry per object, in order: its :class:`StoredObject`, or the
+            :class:`~medmesh.errors.MedmeshError` that kept it from being stored (the
+            others are stored all the same).
+        """
+        out: list[StoredObject | MedmeshError] = []
+        for data in objects:
+            try:
+                out.append(await self.put([data]))
+            except MedmeshError as exc:
+                out.append(exc)
+        return out
 
     @abstractmethod
     def get(self, cid: Cid, *, on_size: SizeHook | None = None) -> AsyncIterator[bytes]:

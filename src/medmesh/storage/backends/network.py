@@ -22,6 +22,7 @@ from medmesh.storage.backends.base import (
     StoredObject,
     VerifyReport,
 )
+from medmesh.storage.batch import upload_many
 from medmesh.storage.cid import Cid
 from medmesh.storage.downloader import stream_leaves
 from medmesh.storage.fetcher import StripeFetcher
@@ -29,7 +30,7 @@ from medmesh.storage.locate import DHT_TIMEOUT, Location, locate
 from medmesh.storage.merkle import segment_count, verify_proof
 from medmesh.storage.repair import repair_location
 from medmesh.storage.transport import NodeClient, open_session
-from medmesh.storage.uploader import StoreParams, upload
+from medmesh.storage.uploader import PutReceipt, StoreParams, upload
 
 __all__ = ["NetworkStore"]
 
@@ -69,6 +70,16 @@ class NetworkStore(ObjectStore):
         self, pieces: Iterable[bytes], *, progress: Progress | None = None
     ) -> StoredObject:
         receipt = await upload(self._clients(), pieces, self.params, progress=progress)
+        return self._stored(receipt)
+
+    async def put_many(self, objects: Iterable[bytes]) -> list[StoredObject | MedmeshError]:
+        """Store many objects with one signed upload and one signed registration per node
+        per chunk (:func:`medmesh.storage.batch.upload_many`), each object laid out and
+        indexed exactly as :meth:`put` would."""
+        outcomes = await upload_many(self._clients(), objects, self.params)
+        return [o if isinstance(o, MedmeshError) else self._stored(o) for o in outcomes]
+
+    def _stored(self, receipt: PutReceipt) -> StoredObject:
         return StoredObject(
             receipt.cid,
             receipt.size,

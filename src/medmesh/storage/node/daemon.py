@@ -66,7 +66,11 @@ async def _run(config: NodeConfig, ready: asyncio.Event | None = None) -> None:
     )
     dht_port = await dht.start(join=False)  # join in the background: serve HTTP now
     app = make_app(
-        service, providers=dht.find_providers, announce=dht.provide, withdraw=dht.withdraw
+        service,
+        providers=dht.find_providers,
+        announce=dht.provide,
+        withdraw=dht.withdraw,
+        announce_many=dht.provide_many,
     )
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
@@ -80,8 +84,7 @@ async def _run(config: NodeConfig, ready: asyncio.Event | None = None) -> None:
         _write_atomic(data / "node.dht", f"{config.host}:{dht_port}\n")
         _write_atomic(data / "node.url", url + "\n")
         log.info("node %s listening on %s (dht udp %s)", service.node_id, url, dht_port)
-        for obj in held():  # re-announce what we hold after a restart
-            await dht.provide(obj)
+        await dht.provide_many(held())  # re-announce what we hold after a restart
         if ready is not None:
             ready.set()
         await stop.wait()

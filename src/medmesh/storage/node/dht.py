@@ -205,12 +205,10 @@ class ProviderDht:
                 except Exception:
                     log.debug("DHT bootstrap failed; will retry", exc_info=True)
                 if self.neighbours() and self.held is not None:
-                    for cid in list(self.held()):  # announce what we hold once joined
-                        await self.provide(cid)
+                    await self.provide_many(list(self.held()))  # announce what we hold
             if time.monotonic() - last_republish > self.ttl / 2 and self.held is not None:
                 last_republish = time.monotonic()
-                for cid in list(self.held()):
-                    await self.provide(cid)
+                await self.provide_many(list(self.held()))
             await asyncio.sleep(self.rejoin_interval if not self.neighbours() else 30)
 
     async def stop(self) -> None:
@@ -243,6 +241,29 @@ class ProviderDht:
         except Exception:  # network trouble must not fail the write that triggered it
             log.warning("could not publish a provider record", exc_info=True)
             return False
+
+    async def provide_many(self, cids: Iterable[Cid], *, concurrency: int = 8) -> int:
+        """Announce many objects; returns how many reached another DHT node.
+
+        Our own records are all kept at once (lookups through this node find them at
+        once); the network hears of them ``concurrency`` at a time, so a batch of a
+        thousand objects does not open a thousand crawls together.
+        """
+        record = self._record()
+        keys = [provider_key(cid) for cid in cids]
+        for key in keys:
+            self.server.storage[_digest(key)] = record
+        gate = asyncio.Semaphore(concurrency)
+
+        async def one(key: str) -> bool:
+            async with gate:
+                try:
+                    return bool(await self.server.set(key, record))
+                except Exception:  # network trouble must not fail the write
+                    log.warning("could not publish a provider record", exc_info=True)
+                    return False
+
+        return sum(await asyncio.gather(*(one(k) for k in keys)))
 
     async def withdraw(self, cid: Cid) -> bool:
         """Retract this node's provider record of ``cid`` (see the module docstring).

@@ -14,6 +14,10 @@ medmesh additions (writes are signed, see :mod:`medmesh.storage.auth`):
 - ``POST /blocks/fetch``          ``{"cids": [...]}`` -> CAR of the blocks held (reads in bulk)
 - ``DELETE /ipfs/{cid}``          drop a block
 - ``POST /objects``               ``{"object", "manifest"}``: index an object held here
+- ``POST /objects/batch``         ``{"objects": [{"object", "manifest"}, ...]}``: index up to
+                                  1,024 objects in one commit -> ``{"registered": <count>,
+                                  "results": [...]}``, one result per entry, in order: the
+                                  entry's CIDs, plus ``error``/``message`` if it was refused
 - ``GET /objects/{cid}``          manifests of an object and the shares held
 - ``DELETE /objects/{cid}``       erase an object: every block of it held here, and its
                                   index entry -> ``{"object", "deleted": <blocks>}``
@@ -29,7 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final
 
 from aiohttp import web
@@ -50,7 +54,7 @@ from medmesh.storage.car import car_bytes
 from medmesh.storage.cid import IDENTITY, Cid
 from medmesh.storage.exporter import walk_dfs
 from medmesh.storage.node.ratelimit import TokenBucket
-from medmesh.storage.node.service import MAX_BATCH_BYTES, NodeService
+from medmesh.storage.node.service import MAX_BATCH_BYTES, MAX_REGISTER_BATCH, NodeService
 
 __all__ = ["make_app"]
 
@@ -61,6 +65,8 @@ IMMUTABLE: Final = "public, max-age=29030400, immutable"
 SERVICE_KEY: Final = web.AppKey("service", NodeService)
 MAX_CAR_BYTES: Final = 256 * 1024 * 1024
 MAX_FETCH: Final = 64  # blocks per POST /blocks/fetch
+MAX_REGISTER_BODY: Final = 256 * 1024  # POST /objects/batch: 1,024 entries take ~140 KB
+ANNOUNCE_CONCURRENCY: Final = 8  # DHT announcements in flight after a batch registration
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 _STATUS: Final[list[tuple[type[MedmeshError], int]]] = [
@@ -109,12 +115,15 @@ def make_app(
     providers: Callable[[Cid], Awaitable[list[dict[str, Any]]]] | None = None,
     announce: Callable[[Cid], Awaitable[object]] | None = None,
     withdraw: Callable[[Cid], Awaitable[object]] | None = None,
+    announce_many: Callable[[Sequence[Cid]], Awaitable[object]] | None = None,
 ) -> web.Application:
     """Build the aiohttp application serving ``service``.
 
     ``providers`` answers Delegated Routing lookups, ``announce`` publishes a provider
     record after an object is indexed and ``withdraw`` retracts it after the object is
-    erased (all from the DHT; absent in unit tests).
+    erased (all from the DHT; absent in unit tests). ``announce_many`` publishes the
+    records of a batch registration; without it they go through ``announce``,
+    :data:`ANNOUNCE_CONCURRENCY` at a time.
     """
     cfg = service.config
     guard = service.replay_guard
@@ -281,6 +290,62 @@ def make_app(
             in_background(announce(obj))
         return web.json_response({"object": str(obj), "manifest": str(manifest)}, status=201)
 
+    async def announce_batch(cids: Sequence[Cid]) -> None:
+        if announce_many is not None:
+            await announce_many(cids)
+            return
+        assert announce is not None
+        gate = asyncio.Semaphore(ANNOUNCE_CONCURRENCY)
+
+        async def one(cid: Cid) -> None:
+            async with gate:
+                await announce(cid)
+
+        await asyncio.gather(*(one(c) for c in cids))
+
+    async def post_objects_batch(request: web.Request) -> web.StreamResponse:
+        """Index many objects: each entry checked like ``POST /objects``, one commit.
+
+        The request as a whole is refused (4xx, nothing indexed) if it is unsigned, too
+        large or not ``{"objects": [...]}``; otherwise every entry gets its own result and
+        the good ones are indexed (durably) even when others are refused.
+        """
+        body = await read_body(request, MAX_REGISTER_BODY)
+        await authenticate(request, body)
+        shape = 'body must be {"objects": [{"object": CID, "manifest": CID}, ...]}'
+        try:
+            raw = json.loads(body)["objects"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise InvalidInputError(shape) from exc
+        if not isinstance(raw, list):
+            raise InvalidInputError(shape)
+        if not 0 < len(raw) <= MAX_REGISTER_BATCH:
+            raise InvalidInputError(f"register 1 to {MAX_REGISTER_BATCH} objects at a time")
+        results: list[dict[str, Any]] = []
+        todo: list[tuple[int, Cid, Cid]] = []
+        for entry in raw:
+            try:
+                obj, manifest = parse_cid(entry["object"]), parse_cid(entry["manifest"])
+            except (MedmeshError, KeyError, TypeError):
+                results.append(
+                    {"error": "invalid_input", "message": "entry must be {object, manifest}"}
+                )
+                continue
+            todo.append((len(results), obj, manifest))
+            results.append({"object": str(obj), "manifest": str(manifest)})
+        outcome = await run(service.register_objects, [(o, m) for _, o, m in todo])
+        fresh: dict[Cid, None] = {}  # the objects indexed, once each, in order
+        for (i, obj, _), err in zip(todo, outcome, strict=True):
+            if err is None:
+                fresh[obj] = None
+            else:
+                results[i].update(error=err.code, message=err.message)
+        if fresh and (announce is not None or announce_many is not None):
+            # in the background: a slow DHT must not delay the write
+            in_background(announce_batch(list(fresh)))
+        registered = sum(err is None for err in outcome)
+        return web.json_response({"registered": registered, "results": results})
+
     async def delete_object(request: web.Request) -> web.StreamResponse:
         cid = parse_cid(request.match_info["cid"])
         await authenticate(request, b"")
@@ -333,6 +398,7 @@ def make_app(
     app.router.add_post("/blocks", post_blocks)
     app.router.add_post("/blocks/fetch", fetch_blocks)
     app.router.add_post("/objects", post_objects)
+    app.router.add_post("/objects/batch", post_objects_batch)
     app.router.add_get("/objects/{cid}", get_object)
     app.router.add_delete("/objects/{cid}", delete_object)
     app.router.add_post("/challenge", post_challenge)

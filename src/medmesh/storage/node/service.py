@@ -13,7 +13,7 @@ import os
 import sqlite3
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,10 +37,12 @@ from medmesh.storage.manifest import (
 from medmesh.storage.merkle import MerkleProof, prove
 from medmesh.storage.node.config import NodeConfig
 
-__all__ = ["Challenge", "NodeService", "load_node_key"]
+__all__ = ["MAX_REGISTER_BATCH", "Challenge", "NodeService", "load_node_key"]
 
 KEY_FILE = "node.key"
 MAX_BATCH_BYTES = 64 * 1024 * 1024
+#: Objects indexed by one :meth:`NodeService.register_objects` call (``POST /objects/batch``).
+MAX_REGISTER_BATCH = 1024
 MANIFEST_CACHE = 64
 
 log = logging.getLogger(__name__)
@@ -90,6 +92,8 @@ class NodeService:
         self._db = sqlite3.connect(data / "index.db", check_same_thread=False)
         with self._db:
             self._db.execute("PRAGMA journal_mode=WAL")
+            # FULL: every commit syncs the WAL, so an acknowledged registration is durable
+            self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute(
                 "CREATE TABLE IF NOT EXISTS objects ("
                 " object TEXT NOT NULL, manifest TEXT NOT NULL,"
@@ -156,22 +160,54 @@ class NodeService:
                 self._manifests.popitem(last=False)
         return manifest
 
-    def register_object(self, obj: Cid, manifest: Cid) -> None:
-        """Record that this node holds shares of ``obj`` described by ``manifest``.
-
-        The manifest root and its tables must already be stored here, and must name ``obj``.
-        """
+    def _check_registration(self, obj: Cid, manifest: Cid) -> None:
+        """Raise unless ``manifest`` is stored here whole (root and tables) and names ``obj``."""
         head = self._head(manifest)
         if head.object != obj:
             raise InvalidInputError("manifest does not describe this object")
         for table in head.tables:
             if not self.store.has(table):
                 raise InvalidInputError("manifest stripe tables must be stored first")
+
+    def register_object(self, obj: Cid, manifest: Cid) -> None:
+        """Record that this node holds shares of ``obj`` described by ``manifest``.
+
+        The manifest root and its tables must already be stored here, and must name ``obj``.
+        The index entry is durable (SQLite commit, WAL synced) when this returns.
+        """
+        self._check_registration(obj, manifest)
         with self._db_lock, self._db:
             self._db.execute(
                 "INSERT OR IGNORE INTO objects (object, manifest) VALUES (?, ?)",
                 (str(obj), str(manifest)),
             )
+
+    def register_objects(self, entries: Sequence[tuple[Cid, Cid]]) -> list[MedmeshError | None]:
+        """:meth:`register_object` for many ``(object, manifest)`` pairs, one commit.
+
+        Each entry is checked on its own, by the same rules; the result lists, in order,
+        None for an entry now indexed or the error that refused it. The good entries are
+        indexed together in one transaction, durable when this returns; a refused entry
+        does not hold back the others. At most :data:`MAX_REGISTER_BATCH` entries.
+        """
+        if len(entries) > MAX_REGISTER_BATCH:
+            raise InvalidInputError(f"at most {MAX_REGISTER_BATCH} objects per batch")
+        results: list[MedmeshError | None] = []
+        good: list[tuple[str, str]] = []
+        for obj, manifest in entries:
+            try:
+                self._check_registration(obj, manifest)
+            except MedmeshError as exc:
+                results.append(exc)
+                continue
+            results.append(None)
+            good.append((str(obj), str(manifest)))
+        if good:
+            with self._db_lock, self._db:
+                self._db.executemany(
+                    "INSERT OR IGNORE INTO objects (object, manifest) VALUES (?, ?)", good
+                )
+        return results
 
     def unregister_object(self, obj: Cid, manifest: Cid) -> None:
         with self._db_lock, self._db:
