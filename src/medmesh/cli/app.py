@@ -13,6 +13,8 @@ from medmesh.cli import (
     chain,
     consent,
     devnet,
+    dicom,
+    fhir,
     gateway,
     node,
     objects,
@@ -67,6 +69,8 @@ app.add_typer(chain.app, name="chain")
 app.add_typer(records.app, name="records")
 app.add_typer(consent.app, name="consent")
 app.add_typer(gateway.app, name="gateway")
+app.add_typer(dicom.app, name="dicom")
+app.add_typer(fhir.app, name="fhir")
 app.command("audit")(audit.audit)
 
 

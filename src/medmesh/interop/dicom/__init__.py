@@ -5,7 +5,15 @@
   :class:`Study` and :class:`Series`;
 - :mod:`~medmesh.interop.dicom.deidentify` applies the DICOM PS3.15 Annex E Basic Application
   Level Confidentiality Profile, streaming the pixel data of large files;
-- :mod:`~medmesh.interop.dicom.study` turns a :class:`Study` into a FHIR R4 ImagingStudy.
+- :mod:`~medmesh.interop.dicom.study` turns a :class:`Study` into a FHIR R4 ImagingStudy,
+  whose instances link their records by CID (:data:`RECORD_CID_EXTENSION`);
+- :mod:`~medmesh.interop.dicom.importer` and :mod:`~medmesh.interop.dicom.export` are
+  ``medmesh dicom import`` and ``export`` (records and a gateway's FHIR API and DICOMweb,
+  through :mod:`~medmesh.interop.client`);
+- :mod:`~medmesh.interop.dicom.web` is the gateway's DICOMweb service (QIDO-RS, WADO-RS,
+  STOW-RS), :mod:`~medmesh.interop.dicom.qido` its translation to and from ImagingStudy
+  resources, :mod:`~medmesh.interop.dicom.stow` its store (instances become records),
+  :mod:`~medmesh.interop.dicom.multipart` the streamed ``multipart/related`` both use.
 
 The names below load on first use, so importing this package does not import pydicom.
 ``deidentify`` is the submodule, not its function of the same name: an import of the
@@ -45,23 +53,33 @@ if TYPE_CHECKING:
     from medmesh.interop.dicom.files import check as check
     from medmesh.interop.dicom.files import group_studies as group_studies
     from medmesh.interop.dicom.files import scan as scan
+    from medmesh.interop.dicom.study import RECORD_CID_EXTENSION as RECORD_CID_EXTENSION
+    from medmesh.interop.dicom.study import RECORD_KIND as RECORD_KIND
     from medmesh.interop.dicom.study import imaging_study as imaging_study
+    from medmesh.interop.dicom.study import record_cids as record_cids
+    from medmesh.interop.dicom.study import study_resource_id as study_resource_id
 
 _LAZY = {
     "Deidentifier": "medmesh.interop.dicom.deidentify",
     "DicomFailure": "medmesh.interop.dicom.files",
     "DicomFile": "medmesh.interop.dicom.files",
     "DicomSkipped": "medmesh.interop.dicom.files",
+    "RECORD_CID_EXTENSION": "medmesh.interop.dicom.study",
+    "RECORD_KIND": "medmesh.interop.dicom.study",
     "Series": "medmesh.interop.dicom.files",
     "Study": "medmesh.interop.dicom.files",
     "check": "medmesh.interop.dicom.files",
     "deidentify_file": "medmesh.interop.dicom.deidentify",
     "group_studies": "medmesh.interop.dicom.files",
     "imaging_study": "medmesh.interop.dicom.study",
+    "record_cids": "medmesh.interop.dicom.study",
     "scan": "medmesh.interop.dicom.files",
+    "study_resource_id": "medmesh.interop.dicom.study",
 }
 
 __all__ = [
+    "RECORD_CID_EXTENSION",
+    "RECORD_KIND",
     "Deidentifier",
     "DicomError",
     "DicomFailure",
@@ -73,7 +91,9 @@ __all__ = [
     "deidentify_file",
     "group_studies",
     "imaging_study",
+    "record_cids",
     "scan",
+    "study_resource_id",
 ]
 
 

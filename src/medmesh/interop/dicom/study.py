@@ -5,6 +5,18 @@ descriptions and body sites, never the patient's name or identifiers from the DI
 (the subject is the ``patient_ref`` the caller gives). It validates against the R4B models
 of ``fhir.resources`` (R4B reads R4 content).
 
+How a study links to its stored instances (``medmesh dicom import``):
+
+- each ``series[].instance[]`` whose file is stored as a medmesh record (kind
+  :data:`RECORD_KIND`) carries the record's CID in the extension :data:`RECORD_CID_EXTENSION`
+  (``valueString``); the record belongs to the ImagingStudy's patient, so its on-chain id is
+  ``record_id(patient, cid)`` and a study can only point at its own patient's records;
+- the resource id is :func:`study_resource_id` of the Study Instance UID: any gateway finds a
+  study by UID with one index lookup, and importing the same study again updates it (a new
+  version, :func:`merge_imaging_studies`) instead of creating a twin. The id is a SHA-256 of
+  the UID, not the UID itself, because ids are stored in clear in the gateway's index while
+  UIDs are identifiers that Annex E replaces.
+
 >>> imaging_study(study, patient_ref="Patient/p1", endpoint_ref="Endpoint/wado")  # doctest: +SKIP
 {'resourceType': 'ImagingStudy', 'status': 'available', ...}
 """
@@ -12,6 +24,7 @@ of ``fhir.resources`` (R4B reads R4 content).
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import re
 from collections.abc import Mapping
 from typing import Any, Final
@@ -22,15 +35,29 @@ from medmesh.interop.dicom.files import Series, Study
 __all__ = [
     "BODY_PART_CODES",
     "DCM_SYSTEM",
+    "RECORD_CID_EXTENSION",
+    "RECORD_KIND",
     "SNOMED_SYSTEM",
     "UID_SYSTEM",
     "imaging_study",
+    "merge_imaging_studies",
+    "record_cids",
+    "study_resource_id",
+    "study_uid_of",
 ]
 
 DCM_SYSTEM: Final = "http://dicom.nema.org/resources/ontology/DCM"
 SNOMED_SYSTEM: Final = "http://snomed.info/sct"
 UID_SYSTEM: Final = "urn:dicom:uid"
 _URI_SYSTEM: Final = "urn:ietf:rfc:3986"
+
+#: The record kind of one stored DICOM instance (a Part-10 file, as imported).
+RECORD_KIND: Final = "dicom:instance"
+
+#: Extension on ``ImagingStudy.series.instance``: the CID of the medmesh record holding the
+#: instance (``valueString``).
+RECORD_CID_EXTENSION: Final = "https://medmesh.dev/fhir/StructureDefinition/record-cid"
+_STUDY_ID_PREFIX: Final = "dcm-"
 _UNKNOWN_MODALITY: Final = "OT"  # "Other": series.modality is 1..1 in R4
 
 #: Body Part Examined (0018,0015) defined terms -> SNOMED CT (code, display): the terms of
@@ -119,6 +146,16 @@ _TM: Final = re.compile(r"(\d{2})(?::?(\d{2})(?::?(\d{2})(?:\.(\d{1,6}))?)?)?")
 _TZ: Final = re.compile(r"([+-])(\d{2})(\d{2})")
 
 
+def study_resource_id(study_uid: str) -> str:
+    """The ImagingStudy id medmesh gives a study: ``dcm-`` + 128 bits of SHA-256(UID), in hex.
+
+    >>> study_resource_id("1.2.3")
+    'dcm-c47f5b18b8a430e698b9fe15e51f6119'
+    """
+    digest = hashlib.sha256(study_uid.strip().encode("ascii", "replace")).hexdigest()
+    return _STUDY_ID_PREFIX + digest[:32]
+
+
 def imaging_study(
     study: Study,
     *,
@@ -126,13 +163,15 @@ def imaging_study(
     endpoint_ref: str | None = None,
     study_id: str | None = None,
     tz: dt.tzinfo | None = None,
+    record_cids: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """The FHIR R4 ImagingStudy (JSON dict) for ``study``.
 
     ``patient_ref`` is the subject reference (``"Patient/123"``), ``endpoint_ref`` an
     Endpoint for retrieving the instances (DICOMweb), ``study_id`` the resource id. FHIR
     needs a time zone with a time: ``started`` uses Timezone Offset From UTC (0008,0201)
-    when the files have it, else ``tz``, else only the date.
+    when the files have it, else ``tz``, else only the date. ``record_cids`` maps SOP
+    Instance UIDs to the CIDs of the records holding them (:data:`RECORD_CID_EXTENSION`).
     """
     if not patient_ref or not patient_ref.strip():
         raise InvalidInputError("patient_ref is required")
@@ -157,8 +196,68 @@ def imaging_study(
     if study.description:
         resource["description"] = study.description
     if study.series:
-        resource["series"] = [_series(s) for s in study.series]
+        resource["series"] = [_series(s, record_cids or {}) for s in study.series]
     return resource
+
+
+def study_uid_of(resource: Mapping[str, Any]) -> str | None:
+    """The Study Instance UID an ImagingStudy names (identifier ``urn:dicom:uid``), or None."""
+    for ident in resource.get("identifier") or []:
+        if not isinstance(ident, dict) or ident.get("system") != UID_SYSTEM:
+            continue
+        value = ident.get("value")
+        if isinstance(value, str) and value.startswith("urn:oid:"):
+            return value[len("urn:oid:") :]
+    return None
+
+
+def record_cids(resource: Mapping[str, Any]) -> dict[tuple[str, str], str]:
+    """(series UID, SOP Instance UID) -> record CID, for every instance of an ImagingStudy
+    that carries :data:`RECORD_CID_EXTENSION`."""
+    out: dict[tuple[str, str], str] = {}
+    for series in _dicts(resource.get("series")):
+        for instance in _dicts(series.get("instance")):
+            for ext in _dicts(instance.get("extension")):
+                value = ext.get("valueString")
+                if ext.get("url") == RECORD_CID_EXTENSION and isinstance(value, str):
+                    out[(str(series.get("uid")), str(instance.get("uid")))] = value
+                    break
+    return out
+
+
+def merge_imaging_studies(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
+    """``new`` (made from files just imported) over ``old`` (the stored version).
+
+    Elements of ``new`` replace those of ``old``; elements only ``old`` has (added by
+    another FHIR client: an encounter, a note) stay. Series and instances are united by
+    UID, ``new``'s version winning for one in both, so importing part of a study again
+    keeps the instances imported before. Counts and modalities are recomputed.
+    """
+    out: dict[str, Any] = {k: v for k, v in old.items() if k != "meta"}
+    out.update(new)
+    series: dict[str, dict[str, Any]] = {}
+    for s in [*_dicts(old.get("series")), *_dicts(new.get("series"))]:
+        uid = str(s.get("uid"))
+        if uid not in series:
+            series[uid] = dict(s)
+            continue
+        instances = {str(i.get("uid")): i for i in _dicts(series[uid].get("instance"))}
+        instances.update((str(i.get("uid")), i) for i in _dicts(s.get("instance")))
+        series[uid] = {**series[uid], **s, "instance": list(instances.values())}
+    if series:
+        merged = list(series.values())
+        for s in merged:
+            s["numberOfInstances"] = len(_dicts(s.get("instance")))
+        out["series"] = merged
+        out["numberOfSeries"] = len(merged)
+        out["numberOfInstances"] = sum(s["numberOfInstances"] for s in merged)
+        codes = [s["modality"] for s in merged if isinstance(s.get("modality"), dict)]
+        out["modality"] = list({(c.get("system"), c.get("code")): c for c in codes}.values())
+    return out
+
+
+def _dicts(value: Any) -> list[dict[str, Any]]:
+    return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []
 
 
 def _dcm(code: str) -> dict[str, str]:
@@ -169,7 +268,7 @@ def _unsigned(value: int | None) -> int | None:
     return value if value is not None and value >= 0 else None
 
 
-def _series(series: Series) -> dict[str, Any]:
+def _series(series: Series, record_cids: Mapping[str, str]) -> dict[str, Any]:
     out: dict[str, Any] = {"uid": series.uid}
     number = _unsigned(series.number)
     if number is not None:
@@ -190,6 +289,9 @@ def _series(series: Series) -> dict[str, Any]:
         number = _unsigned(f.instance_number)
         if number is not None:
             instance["number"] = number
+        cid = record_cids.get(f.sop_instance_uid)
+        if cid is not None:
+            instance["extension"] = [{"url": RECORD_CID_EXTENSION, "valueString": cid}]
         instances.append(instance)
     out["instance"] = instances
     return out

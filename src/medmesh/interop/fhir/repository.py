@@ -136,7 +136,9 @@ class FhirRepository:
         self.me = keeper.wallet.address
         self._clock = clock
         self._sync_lock = asyncio.Lock()
-        self._write_lock = threading.Lock()
+        # one writer at a time: writes share the keeper's storage client and the wallet's
+        # nonces (DICOMweb's STOW takes it too)
+        self.write_lock = threading.Lock()
         self._last_full = 0.0
 
     @property
@@ -353,7 +355,7 @@ class FhirRepository:
             )
             for p in plans
         ]
-        with self._write_lock:
+        with self.write_lock:
             puts = self.keeper.put_many(items)
             times = self._block_times({put.block for put in puts})
             rows = [

@@ -88,11 +88,20 @@ class FhirService:
             self.index.close()
 
     def mount(self, app: FastAPI) -> None:
+        from medmesh.interop.dicom.web import mount_dicomweb
+
         mount_fhir(
             app,
             self.repo,
             self.tokens,
             base_url=self.base_url,
+            session_address=self.session_address,
+        )
+        mount_dicomweb(
+            app,
+            self.repo,
+            self.tokens,
+            fhir_base_url=self.base_url,
             session_address=self.session_address,
         )
 
