@@ -5,6 +5,12 @@ stay the same across restarts) and one ``node-<i>/`` folder per node; logs go to
 ``logs/node-<i>.log``. :meth:`Devnet.up` starts the nodes that are not running and returns
 when every node answers the trustless-gateway probe; :meth:`Devnet.down` stops them by the
 PIDs they recorded (and only processes whose command line names their own data folder).
+
+Who may write: the ``trusted`` addresses (the home wallet) and, when the home has a ledger
+(:func:`ledger_registry`: contracts deployed, ``addresses.json``), every participant its
+Registry gives a writer role: the nodes are started with ``--registry-rpc``/``--registry``.
+A running node whose saved registry setting differs from the wanted one (the chain was set up,
+redeployed or removed since it started) is restarted by :meth:`Devnet.up`.
 """
 
 from __future__ import annotations
@@ -23,10 +29,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+from medmesh.config import Home
 from medmesh.daemons import HOST, alive, free_port, port_free, spawn_detached, stop
 from medmesh.errors import ConfigError, NodeUnavailableError
 
-__all__ = ["DEFAULT_BASE_PORT", "Devnet", "NodeStatus"]
+__all__ = ["DEFAULT_BASE_PORT", "Devnet", "NodeStatus", "RegistryLink", "ledger_registry"]
 
 DEFAULT_BASE_PORT: Final = 7601
 
@@ -53,6 +60,78 @@ class NodeStatus:
             "dht_port": self.dht_port,
             "running": self.running,
         }
+
+
+@dataclass(frozen=True)
+class RegistryLink:
+    """Where nodes ask who may write: a chain's JSON-RPC URL and its Registry contract.
+
+    ``running`` is False when the home's embedded chain is stopped: ``rpc_url`` is then the
+    URL it had (and will have again: its port is kept), and until it is back the nodes refuse
+    (503) writers that are not trusted.
+    """
+
+    rpc_url: str
+    address: str
+    running: bool = True
+
+    def to_json(self) -> dict[str, Any]:
+        return {"rpc_url": self.rpc_url, "address": self.address, "running": self.running}
+
+
+def ledger_registry(home: Home) -> RegistryLink | None:
+    """The ledger's Registry for the nodes of ``home``; None if it has no ledger.
+
+    A ledger is there when the contracts were deployed (``<home>/addresses.json``, written by
+    ``medmesh chain up``) and the chain is known: ``rpc_url`` in ``config.json``, or the
+    embedded chain of ``<home>/chain`` (running, or stopped with its URL on record).
+    """
+    if not home.address_book.is_file():
+        return None
+    from medmesh.ledger.chains import LocalChain
+    from medmesh.ledger.deploy import AddressBook
+
+    book = AddressBook.load(home.address_book)
+    address = book.contracts.get("Registry")
+    if not address:
+        raise ConfigError(f"{home.address_book} names no Registry contract")
+    cfg = home.load_config()
+    if cfg.rpc_url:
+        return RegistryLink(cfg.rpc_url, address)
+    chain = LocalChain(home.chain_dir)
+    info = chain.running_info()
+    if info:
+        return RegistryLink(str(info["rpc_url"]), address)
+    try:  # stopped: the URL it had (a local chain keeps its port across restarts)
+        last = json.loads(chain.info_file.read_text())
+        return RegistryLink(str(last["rpc_url"]), address, running=False)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _registry_args(registry: RegistryLink | None) -> list[str]:
+    if registry is None:
+        return ["--no-registry"]
+    return ["--registry-rpc", registry.rpc_url, "--registry", registry.address]
+
+
+def _saved_registry(data: str) -> tuple[str, str] | None:
+    """(registry_rpc, registry) in a node's node.json; None if it cannot be read."""
+    from medmesh.storage.node.config import NodeConfig
+
+    try:
+        cfg = NodeConfig.load(data)
+    except ConfigError:
+        return None
+    return cfg.registry_rpc, cfg.registry
+
+
+def _wanted_registry(registry: RegistryLink | None) -> tuple[str, str]:
+    from eth_utils.address import to_checksum_address
+
+    if registry is None:
+        return "", ""
+    return registry.rpc_url, to_checksum_address(registry.address)
 
 
 def _probe(url: str, timeout: float = 1.0) -> bool:
@@ -141,8 +220,13 @@ class Devnet:
         rate_limit: int = 0,
         quota: int | None = None,
         timeout: float = 60.0,
+        registry: RegistryLink | None = None,
     ) -> list[NodeStatus]:
-        """Start nodes until ``count`` run; return when all answer (or raise)."""
+        """Start nodes until ``count`` run; return when all answer (or raise).
+
+        ``trusted`` may write; with ``registry`` so may every participant that Registry gives
+        a writer role. A running node with another registry setting is restarted.
+        """
         if count < 1:
             raise ConfigError("a devnet needs at least one node")
         nodes = self._allocate(self._load(), count, base_port)
@@ -150,10 +234,15 @@ class Devnet:
         self.logs.mkdir(parents=True, exist_ok=True)
         current = {s.index: s for s in self.status()}
         dht_peers = [f"{HOST}:{n['dht_port']}" for n in nodes]
+        wanted = _wanted_registry(registry)
         started: list[int] = []
         for i, n in enumerate(nodes[:count]):
-            if current.get(i) is not None and current[i].running:
-                continue
+            st = current.get(i)
+            if st is not None and st.running:
+                saved = _saved_registry(n["data"])
+                if saved is None or saved == wanted or st.pid is None:
+                    continue
+                stop(st.pid, st.data)  # started with another registry setting: restart it
             cmd = [
                 sys.executable,
                 "-m",
@@ -172,6 +261,7 @@ class Devnet:
                     cmd += ["--bootstrap", peer]
             for addr in trusted:
                 cmd += ["--trust", addr]
+            cmd += _registry_args(registry)
             if rate_limit:
                 cmd += ["--rate-limit", str(rate_limit)]
             if quota is not None:

@@ -8,7 +8,7 @@ import typer
 from rich.table import Table
 
 from medmesh.cli.common import console, ensure_wallet, errors, out, print_json, state
-from medmesh.devnet import DEFAULT_BASE_PORT, Devnet
+from medmesh.devnet import DEFAULT_BASE_PORT, Devnet, RegistryLink, ledger_registry
 
 app = typer.Typer(help="Start, stop and inspect the local network.", no_args_is_help=True)
 
@@ -27,20 +27,67 @@ def up(
 
     Creates a wallet in the home folder if there is none (passphrase from MEDMESH_PASSPHRASE,
     empty if unset: fine for a local test network, not for real records) and lets it write.
+    When the home has a ledger (`medmesh chain up` deployed the contracts), every participant
+    registered on it as a patient, provider, researcher or gateway may write too: start the
+    chain first (`make up` does).
     """
     home = state(ctx).home
     with errors():
         address, created = ensure_wallet(home)
         if created and not json_out:
             console.print(f"created wallet {address} in {home.wallet_file}")
+        registry = ledger_registry(home)
+        if registry is not None:
+            problem = _registry_problem(registry)
+            if problem:
+                console.print(f"[yellow]warning:[/] {problem}")
         net = Devnet(home.devnet_dir)
-        statuses = net.up(nodes, trusted=[address], base_port=base_port, rate_limit=rate_limit)
+        statuses = net.up(
+            nodes,
+            trusted=[address],
+            base_port=base_port,
+            rate_limit=rate_limit,
+            registry=registry,
+        )
     if json_out:
-        print_json({"nodes": [s.to_json() for s in statuses]})
+        print_json(
+            {
+                "nodes": [s.to_json() for s in statuses],
+                "registry": registry.to_json() if registry else None,
+            }
+        )
         return
     for s in statuses:
         out.print(f"node {s.index}  {s.url}  pid {s.pid}  {s.data}")
     out.print(f"{len(statuses)} storage nodes up; stop them with `medmesh devnet down`")
+    if registry is None:
+        out.print(f"writers: {address} (no ledger in {home.path}: `medmesh chain up` adds one)")
+    else:
+        out.print(
+            f"writers: {address} and participants of the Registry {registry.address} "
+            f"at {registry.rpc_url}"
+        )
+
+
+def _registry_problem(registry: RegistryLink) -> str | None:
+    """Why the nodes could not read ``registry`` now (None if they can)."""
+    from medmesh.errors import LedgerError
+    from medmesh.ledger.rpc import Rpc
+
+    later = "until it is, nodes refuse (503) writers other than the home wallet"
+    if not registry.running:
+        return f"the local chain is not running ({later}): `medmesh chain up`"
+    try:
+        with Rpc(registry.rpc_url, timeout=3.0, retries=1) as rpc:
+            code = rpc.call("eth_getCode", registry.address, "latest")
+    except LedgerError as exc:
+        return f"{exc.message} ({later})"
+    if code in (None, "0x"):
+        return (
+            f"no Registry contract at {registry.address} on {registry.rpc_url} ({later}): "
+            "`medmesh chain up` deploys it"
+        )
+    return None
 
 
 @app.command()

@@ -26,6 +26,20 @@ def run(
     trust: Annotated[
         list[str] | None, typer.Option(help="Address allowed to write (repeatable).")
     ] = None,
+    registry_rpc: Annotated[
+        str | None,
+        typer.Option(
+            help="JSON-RPC URL of the ledger's chain: with --registry, participants with a "
+            "patient, provider, researcher or gateway role may write too."
+        ),
+    ] = None,
+    registry: Annotated[
+        str | None, typer.Option(help="Address of the ledger's Registry contract.")
+    ] = None,
+    no_registry: Annotated[
+        bool,
+        typer.Option("--no-registry", help="Forget a saved registry: only --trust may write."),
+    ] = False,
     quota: Annotated[int | None, typer.Option(help="Maximum bytes stored.")] = None,
     rate_limit: Annotated[
         int | None, typer.Option(help="Cap on outgoing bytes/s (0 = none).")
@@ -37,13 +51,21 @@ def run(
     """Serve a disk blockstore over the IPFS Trustless Gateway protocol, with signed writes.
 
     Settings come from DATA/node.json, then these flags (which are saved back to it).
+    Writes are accepted from the --trust addresses and, with --registry-rpc and --registry,
+    from participants the ledger's Registry lists with a writer role (cached 60 s, refusals
+    3 s; when the chain does not answer such writes are refused with 503).
     """
     from eth_utils.address import to_checksum_address
 
+    from medmesh.errors import ConfigError
     from medmesh.storage.node.config import NodeConfig
     from medmesh.storage.node.daemon import serve
 
     with errors():
+        if no_registry and (registry_rpc or registry):
+            raise ConfigError("--no-registry cannot go with --registry-rpc or --registry")
+        if no_registry:
+            registry_rpc = registry = ""
         cfg = NodeConfig.load(
             data,
             host=host,
@@ -54,6 +76,8 @@ def run(
             quota=quota,
             rate_limit=rate_limit,
             fsync=False if no_fsync else None,
+            registry_rpc=registry_rpc,
+            registry=registry,
         )
         cfg.save()
         serve(cfg)

@@ -12,11 +12,13 @@ secp256k1 wallet key (EIP-191 ``personal_sign``), this canonical message::
     <nonce>                   32 hex chars, random per request
 
 and sends it in headers ``X-Medmesh-Signer``, ``X-Medmesh-Timestamp``,
-``X-Medmesh-Nonce``, ``X-Medmesh-Signature``. The node recovers the signer, checks it is
-trusted, that the timestamp is within ``max_skew`` seconds of its clock and that the nonce
-was not seen within that window (:class:`ReplayGuard`, persisted in the node's data folder so a
-restart does not reopen the window). BLAKE3 is used for the body digest
-because nodes hash every upload anyway and BLAKE3 costs ~0.2 ms per MiB.
+``X-Medmesh-Nonce``, ``X-Medmesh-Signature``. The node recovers the signer
+(:func:`recover_request`), checks it may write (trusted, or a participant of the ledger's
+Registry: :mod:`medmesh.storage.node.writers`), that the timestamp is within ``max_skew``
+seconds of its clock and that the nonce was not seen within that window (:class:`ReplayGuard`,
+persisted in the node's data folder so a restart does not reopen the window).
+:func:`verify_request` does all of it against a fixed set of trusted addresses. BLAKE3 is used
+for the body digest because nodes hash every upload anyway and BLAKE3 costs ~0.2 ms per MiB.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ __all__ = [
     "RequestSigner",
     "SignedRequest",
     "body_digest",
+    "recover_request",
     "sign_request",
     "verify_request",
 ]
@@ -166,21 +169,18 @@ class ReplayGuard:
             self._db = None
 
 
-def verify_request(
+def recover_request(
     headers: Mapping[str, str],
     node_id: str,
     method: str,
     target: str,
     digest: str,
-    trusted: Collection[str] | None,
-    guard: ReplayGuard,
-    *,
-    now: float | None = None,
-) -> str:
-    """Check a signed request; return the signer's checksummed address.
+) -> SignedRequest:
+    """Parse the signature headers and check the signature; return them with the signer.
 
-    ``trusted=None`` accepts any valid signer (an open node); otherwise the recovered signer
-    must be in ``trusted`` (checksummed addresses).
+    ``signer`` is the recovered (checksummed) address. Neither trust nor the timestamp and
+    nonce are checked here: the caller decides who may write, then calls
+    :meth:`ReplayGuard.check` (as :func:`verify_request` does).
     """
     try:
         claimed = headers[H_SIGNER]
@@ -205,7 +205,27 @@ def verify_request(
         raise SignatureError("invalid request signature") from exc
     if recovered != claimed:
         raise SignatureError("request signature does not match its signer")
-    if trusted is not None and recovered not in trusted:
+    return SignedRequest(str(recovered), ts, nonce, signature)
+
+
+def verify_request(
+    headers: Mapping[str, str],
+    node_id: str,
+    method: str,
+    target: str,
+    digest: str,
+    trusted: Collection[str] | None,
+    guard: ReplayGuard,
+    *,
+    now: float | None = None,
+) -> str:
+    """Check a signed request; return the signer's checksummed address.
+
+    ``trusted=None`` accepts any valid signer (an open node); otherwise the recovered signer
+    must be in ``trusted`` (checksummed addresses).
+    """
+    signed = recover_request(headers, node_id, method, target, digest)
+    if trusted is not None and signed.signer not in trusted:
         raise UntrustedSignerError("request signer is not trusted by this node")
-    guard.check(nonce, ts, now)
-    return str(recovered)
+    guard.check(signed.nonce, signed.timestamp, now)
+    return signed.signer

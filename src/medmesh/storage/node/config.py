@@ -17,17 +17,26 @@ from eth_utils.address import to_checksum_address
 
 from medmesh.errors import ConfigError
 
-__all__ = ["DEFAULT_HOST", "NodeConfig"]
+__all__ = ["DEFAULT_HOST", "DEFAULT_REGISTRY_NEGATIVE_TTL", "DEFAULT_REGISTRY_TTL", "NodeConfig"]
 
 DEFAULT_HOST: Final = "127.0.0.1"
 CONFIG_FILE: Final = "node.json"
+#: seconds a Registry answer "may write" is reused (an expelled writer keeps writing this long)
+DEFAULT_REGISTRY_TTL: Final = 60.0
+#: seconds a Registry answer "may not write" is reused (a new participant waits up to this)
+DEFAULT_REGISTRY_NEGATIVE_TTL: Final = 3.0
 
 
 @dataclass(frozen=True)
 class NodeConfig:
     """Settings of one storage node.
 
-    ``trusted`` lists the checksummed addresses allowed to write; empty means nobody.
+    ``trusted`` lists the checksummed addresses allowed to write. With ``registry_rpc`` (an
+    EVM JSON-RPC URL) and ``registry`` (the Registry contract's address) the node also lets
+    write every participant the ledger gives a writer role (patient, provider, researcher or
+    gateway), answers cached ``registry_ttl`` seconds when positive and
+    ``registry_negative_ttl`` when negative (see :mod:`medmesh.storage.node.writers`). With
+    neither, nobody may write.
     ``rate_limit`` caps outgoing bytes per second (0 = unlimited).
     """
 
@@ -41,6 +50,10 @@ class NodeConfig:
     max_block_size: int = 2 * 1024 * 1024
     rate_limit: int = 0
     fsync: bool = True
+    registry_rpc: str = ""
+    registry: str = ""
+    registry_ttl: float = DEFAULT_REGISTRY_TTL
+    registry_negative_ttl: float = DEFAULT_REGISTRY_NEGATIVE_TTL
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
@@ -50,6 +63,19 @@ class NodeConfig:
         except (ValueError, TypeError) as exc:
             raise ConfigError("trusted entries must be Ethereum addresses") from exc
         object.__setattr__(self, "trusted", trusted)
+        if bool(self.registry_rpc) != bool(self.registry):
+            raise ConfigError("registry_rpc and registry go together: give both or neither")
+        if self.registry:
+            try:
+                object.__setattr__(self, "registry", to_checksum_address(self.registry))
+            except (ValueError, TypeError) as exc:
+                raise ConfigError("registry must be the Registry contract's address") from exc
+            if not self.registry_rpc.startswith(("http://", "https://")):
+                raise ConfigError("registry_rpc must be an http(s):// JSON-RPC URL")
+        for name in ("registry_ttl", "registry_negative_ttl"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+                raise ConfigError(f"{name} must be a number of seconds >= 0")
 
     @property
     def data_path(self) -> Path:

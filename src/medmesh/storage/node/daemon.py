@@ -84,6 +84,15 @@ async def _run(config: NodeConfig, ready: asyncio.Event | None = None) -> None:
         _write_atomic(data / "node.dht", f"{config.host}:{dht_port}\n")
         _write_atomic(data / "node.url", url + "\n")
         log.info("node %s listening on %s (dht udp %s)", service.node_id, url, dht_port)
+        if config.registry:
+            log.info(
+                "writers: %d trusted address(es) and participants of the registry %s at %s",
+                len(config.trusted),
+                config.registry,
+                config.registry_rpc,
+            )
+        else:
+            log.info("writers: %d trusted address(es)", len(config.trusted))
         await dht.provide_many(held())  # re-announce what we hold after a restart
         if ready is not None:
             ready.set()

@@ -7,7 +7,9 @@ Reads follow the IPFS Trustless Gateway protocol, so any IPFS HTTP client can fe
   DAG under ``cid`` (DFS, no duplicates; ``dag-scope=block`` for the root block only)
 - ``GET /ipfs/bafkqaaa`` -> 200, the liveness probe
 
-medmesh additions (writes are signed, see :mod:`medmesh.storage.auth`):
+medmesh additions (writes are signed, see :mod:`medmesh.storage.auth`, by a signer the node
+lets write, see :mod:`medmesh.storage.node.writers`: 403 if it may not, 503 if the ledger
+that would say so cannot be read):
 
 - ``PUT /ipfs/{cid}``             store one block (201 new, 200 already held)
 - ``POST /blocks``                store a CAR of blocks (one signature per batch)
@@ -48,13 +50,14 @@ from medmesh.errors import (
     StorageFullError,
     UntrustedSignerError,
 )
-from medmesh.storage.auth import body_digest, verify_request
+from medmesh.storage.auth import body_digest, recover_request
 from medmesh.storage.block import Block
 from medmesh.storage.car import car_bytes
 from medmesh.storage.cid import IDENTITY, Cid
 from medmesh.storage.exporter import walk_dfs
 from medmesh.storage.node.ratelimit import TokenBucket
 from medmesh.storage.node.service import MAX_BATCH_BYTES, MAX_REGISTER_BATCH, NodeService
+from medmesh.storage.node.writers import WriterCheckUnavailableError, WriterPolicy, writer_policy
 
 __all__ = ["make_app"]
 
@@ -63,6 +66,7 @@ CAR: Final = "application/vnd.ipld.car"
 CAR_TYPE: Final = "application/vnd.ipld.car; version=1; order=dfs; dups=n"
 IMMUTABLE: Final = "public, max-age=29030400, immutable"
 SERVICE_KEY: Final = web.AppKey("service", NodeService)
+WRITERS_KEY: Final = web.AppKey("writers", WriterPolicy)
 MAX_CAR_BYTES: Final = 256 * 1024 * 1024
 MAX_FETCH: Final = 64  # blocks per POST /blocks/fetch
 MAX_REGISTER_BODY: Final = 256 * 1024  # POST /objects/batch: 1,024 entries take ~140 KB
@@ -70,6 +74,7 @@ ANNOUNCE_CONCURRENCY: Final = 8  # DHT announcements in flight after a batch reg
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 _STATUS: Final[list[tuple[type[MedmeshError], int]]] = [
+    (WriterCheckUnavailableError, 503),
     (UntrustedSignerError, 403),
     (AuthError, 401),
     (StorageFullError, 507),
@@ -99,7 +104,10 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except MedmeshError as exc:
-        return _error(_status_for(exc), exc.code, exc.message)
+        resp = _error(_status_for(exc), exc.code, exc.message)
+        if isinstance(exc, WriterCheckUnavailableError):
+            resp.headers["Retry-After"] = str(exc.retry_after)
+        return resp
     except web.HTTPException as exc:  # unknown route, wrong method, body too large
         if exc.status < 400:
             raise
@@ -116,6 +124,7 @@ def make_app(
     announce: Callable[[Cid], Awaitable[object]] | None = None,
     withdraw: Callable[[Cid], Awaitable[object]] | None = None,
     announce_many: Callable[[Sequence[Cid]], Awaitable[object]] | None = None,
+    writers: WriterPolicy | None = None,
 ) -> web.Application:
     """Build the aiohttp application serving ``service``.
 
@@ -123,12 +132,14 @@ def make_app(
     record after an object is indexed and ``withdraw`` retracts it after the object is
     erased (all from the DHT; absent in unit tests). ``announce_many`` publishes the
     records of a batch registration; without it they go through ``announce``,
-    :data:`ANNOUNCE_CONCURRENCY` at a time.
+    :data:`ANNOUNCE_CONCURRENCY` at a time. ``writers`` decides who may write; by default
+    the service's trusted addresses, plus the ledger's Registry if its config names one
+    (:func:`~medmesh.storage.node.writers.writer_policy`). It is closed with the app.
     """
     cfg = service.config
     guard = service.replay_guard
     bucket = TokenBucket(cfg.rate_limit) if cfg.rate_limit else None
-    trusted = service.trusted
+    policy = writers if writers is not None else writer_policy(cfg)
     background: set[asyncio.Future[object]] = set()
 
     async def run(fn: Callable[..., Any], *args: Any) -> Any:
@@ -156,15 +167,12 @@ def make_app(
 
     async def authenticate(request: web.Request, body: bytes) -> str:
         digest = await run(body_digest, body) if len(body) > 65536 else body_digest(body)
-        return verify_request(
-            request.headers,
-            service.node_id,
-            request.method,
-            request.path_qs,
-            digest,
-            trusted,
-            guard,
+        signed = recover_request(
+            request.headers, service.node_id, request.method, request.path_qs, digest
         )
+        await policy.authorize(signed.signer)  # may ask the ledger: before the nonce is spent
+        guard.check(signed.nonce, signed.timestamp)
+        return signed.signer
 
     def wants(request: web.Request) -> str | None:
         accept = request.headers.get("Accept", "")
@@ -389,8 +397,13 @@ def make_app(
     async def path_not_supported(request: web.Request) -> web.StreamResponse:
         return _error(400, "invalid_input", "paths under a CID are not supported")
 
+    async def close_writers(app: web.Application) -> None:
+        await policy.aclose()
+
     app = web.Application(middlewares=[_errors], client_max_size=MAX_BATCH_BYTES)
     app[SERVICE_KEY] = service
+    app[WRITERS_KEY] = policy
+    app.on_cleanup.append(close_writers)
     app.router.add_get("/ipfs/{cid}", get_ipfs)  # GET also answers HEAD
     app.router.add_put("/ipfs/{cid}", put_ipfs)
     app.router.add_delete("/ipfs/{cid}", delete_ipfs)
