@@ -20,6 +20,7 @@ from medmesh.cli import (
     objects,
     records,
     storage,
+    synth,
     wallet,
 )
 from medmesh.cli.common import State
@@ -72,6 +73,7 @@ app.add_typer(gateway.app, name="gateway")
 app.add_typer(dicom.app, name="dicom")
 app.add_typer(fhir.app, name="fhir")
 app.command("audit")(audit.audit)
+app.command("synth")(synth.synth)
 
 
 def main() -> None:
