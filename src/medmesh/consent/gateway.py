@@ -72,6 +72,7 @@ from medmesh.ledger.contracts import Purpose
 from medmesh.ledger.indexer import Indexer
 from medmesh.ledger.rpc import RpcCallError
 from medmesh.storage.backends.base import ObjectStore
+from medmesh.storage.cache import DEFAULT_CACHE_BYTES, ObjectCache
 from medmesh.storage.cid import Cid
 
 __all__ = ["Access", "Gateway", "create_app"]
@@ -124,6 +125,7 @@ class Gateway:
         *,
         domain: str,
         uri: str,
+        cache_bytes: int = DEFAULT_CACHE_BYTES,
     ) -> None:
         self.ledger = ledger
         self.indexer = indexer
@@ -132,6 +134,9 @@ class Gateway:
         self.domain = domain
         self.uri = uri
         self.sessions = Sessions(domain, ledger.chain_id)
+        # small ciphertexts, verified by CID when fetched: repeated reads skip the network
+        # (the consent check before serving them runs every time)
+        self.cache = ObjectCache(cache_bytes)
         self._capsule_blocks: OrderedDict[bytes, CapsuleBlock] = OrderedDict()
         self._located = functools.lru_cache(maxsize=_LOCATION_CACHE)(self._find_record)
         abi = next(
@@ -330,8 +335,22 @@ class Gateway:
     async def ciphertext(self, access: Access) -> AsyncIterator[bytes]:
         if self.store is None:
             raise NotFoundError("this gateway has no storage backend")
-        async for piece in self.store.get(access.cid):
+        cached = self.cache.get(access.cid)
+        if cached is not None:
+            yield cached
+            return
+        held: list[bytes] | None = []
+        size = 0
+        async for piece in self.store.get(access.cid):  # verified against the CID as it comes
+            if held is not None:
+                size += len(piece)
+                if size <= self.cache.max_object:
+                    held.append(piece)
+                else:
+                    held = None
             yield piece
+        if held is not None:  # the whole object arrived and verified
+            self.cache.put(access.cid, b"".join(held))
 
 
 class Login(BaseModel):

@@ -268,3 +268,24 @@ def test_allowed_accesses_reach_the_chain(world: World) -> None:
     assert {a.accessor for a in rows} == {world.provider.address}
     assert all(a.purpose == Purpose.TREATMENT for a in rows)
     assert record_id(world.patient.address, put.cid) == put.record
+
+
+def test_cached_ciphertext_is_still_consent_checked(world: World) -> None:
+    keeper = world.keeper(world.patient)
+    put = keeper.put(b"a record read twice", "fhir:Observation")
+    scope = Scope.record(world.patient.address, put.cid)
+    keeper.grant(world.provider.address, scope, Purpose.TREATMENT, int(time.time()) + 3600)
+    _wait_indexed(world, put.record)
+    token = world.login(world.provider)
+    first = world.ask(put.record, token, what="")
+    hits = world.gateway.cache.hits
+    second = world.ask(put.record, token, what="")
+    assert first.status_code == second.status_code == 200
+    assert second.content == first.content
+    assert world.gateway.cache.hits == hits + 1  # served from the verified cache
+    keeper.revoke(world.provider.address, scope)
+    for g in keeper.indexer.grants(patient=world.patient.address, grantee=world.provider.address):
+        keeper.revoke(world.provider.address, Scope.from_word(g.scope))  # earlier tests' grants
+    refused = world.ask(put.record, token, what="")
+    assert refused.status_code == 403  # a cached object is no permission
+    assert b"record read twice" not in refused.content
