@@ -81,6 +81,7 @@ Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
 _CAPSULE_CACHE = 4096
 _LOCATION_CACHE = 65_536
 _REF_CACHE = 65_536
+_MAX_ASKS = 256  # consent asks decided in one JSON-RPC batch
 
 
 @dataclass(frozen=True)
@@ -149,6 +150,9 @@ class Gateway:
         # (patient, grantee, scope) -> (head block when read, capsule block digest or None)
         self._refs: dict[tuple[str, str, bytes], tuple[int, bytes | None]] = {}
         self._misses: dict[tuple[bytes, str], int] = {}  # (record, grantee) -> head block
+        # consent asks waiting for the next JSON-RPC batch (authorize_async)
+        self._asks: list[tuple[str, bytes, Purpose, asyncio.Future[Access]]] = []
+        self._deciding: asyncio.Task[None] | None = None
 
     # -- the decision -----------------------------------------------------------------------
 
@@ -267,6 +271,74 @@ class Gateway:
                 self.log.refused(requester, record, int(purpose), ConsentError.code)
                 out.append(None)
         return out
+
+    def authorize_each(self, asks: list[tuple[str, bytes, Purpose]]) -> list[Access | MedmeshError]:
+        """:meth:`authorize` for many ``(requester, record, purpose)`` asks, with one
+        round trip to the chain: for each, its :class:`Access` or the error refusing it
+        (every outcome logged)."""
+        out: list[Access | MedmeshError | None] = [None] * len(asks)
+        located: dict[int, tuple[str, bytes, Cid]] = {}
+        for i, (requester, record, purpose) in enumerate(asks):
+            try:
+                located[i] = self._locate(record)
+            except MedmeshError as exc:
+                self.log.refused(requester, record, int(purpose), exc.code)
+                out[i] = exc
+        order = sorted(located)
+        if order:
+            calls = [("eth_blockNumber", []), *(self._has_access_call(*asks[i]) for i in order)]
+            try:
+                answers = self.ledger.rpc.batch(calls)
+                if isinstance(answers[0], RpcCallError):
+                    raise answers[0].to_exception()
+                block = int(answers[0], 16)
+            except MedmeshError as exc:
+                answers, block = [exc] * (len(order) + 1), -1
+            now = int(time.time())
+            for i, answer in zip(order, answers[1:], strict=True):
+                requester, record, purpose = asks[i]
+                patient, kind, cid = located[i]
+                error: MedmeshError | None = None
+                if isinstance(answer, RpcCallError):
+                    error = answer.to_exception()
+                elif isinstance(answer, MedmeshError):
+                    error = answer
+                elif not abi_decode(["bool"], bytes.fromhex(answer[2:]))[0]:
+                    error = ConsentError("no current grant covers this record for this purpose")
+                if error is not None:
+                    self.log.refused(requester, record, int(purpose), error.code)
+                    out[i] = error
+                    continue
+                self.log.allowed(Entry(patient, requester, record, purpose, now))
+                out[i] = Access(requester, record, patient, kind, cid, purpose, block)
+        return [o if o is not None else NotFoundError("not decided") for o in out]
+
+    async def authorize_async(self, requester: str, record: bytes, purpose: Purpose) -> Access:
+        """:meth:`authorize` without blocking the event loop: the asks of concurrent
+        requests are decided together, in one JSON-RPC batch per round trip (the next
+        batch gathers while one is on its way)."""
+        future: asyncio.Future[Access] = asyncio.get_running_loop().create_future()
+        self._asks.append((requester, record, purpose, future))
+        if self._deciding is None or self._deciding.done():
+            self._deciding = asyncio.create_task(self._decide_asks())
+        return await future
+
+    async def _decide_asks(self) -> None:
+        while self._asks:
+            batch, self._asks = self._asks[:_MAX_ASKS], self._asks[_MAX_ASKS:]
+            try:
+                results: list[Access | BaseException] = list(
+                    await asyncio.to_thread(self.authorize_each, [a[:3] for a in batch])
+                )
+            except Exception as exc:  # a bug or a dead ledger: every ask of the batch fails
+                results = [exc] * len(batch)
+            for (*_, future), result in zip(batch, results, strict=True):
+                if future.done():
+                    continue
+                if isinstance(result, BaseException):
+                    future.set_exception(result)
+                else:
+                    future.set_result(result)
 
     # -- capsules ---------------------------------------------------------------------------
 

@@ -417,13 +417,13 @@ class FhirRepository:
         try:
             return self.gateway.authorize(self.me, row.record, purpose)
         except ConsentError as exc:
-            raise FhirError.forbidden(
-                f"no current consent lets this institution read {row.type}/{row.id} for "
-                f"{purpose.names()}"
-            ) from exc
+            raise _refused(row, purpose) from exc
 
     async def _open(self, row: IndexedResource, purpose: Purpose) -> dict[str, Any]:
-        access = self._authorize(row, purpose)
+        try:
+            access = await self.gateway.authorize_async(self.me, row.record, purpose)
+        except ConsentError as exc:
+            raise _refused(row, purpose) from exc
         body = await self._fetch(access)
         if body.get("resourceType") != row.type or body.get("id") != row.id:
             raise FhirError.invalid(
@@ -587,6 +587,12 @@ def _version_numbers(rows: Iterable[RecordRow]) -> dict[bytes, int]:
         if record not in out:
             number(record)
     return out
+
+
+def _refused(row: IndexedResource, purpose: Purpose) -> FhirError:
+    return FhirError.forbidden(
+        f"no current consent lets this institution read {row.type}/{row.id} for {purpose.names()}"
+    )
 
 
 def _issue(code: str, text: str, expression: str) -> Issue:
