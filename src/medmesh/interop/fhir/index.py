@@ -18,6 +18,17 @@ a copy of the records:
 
 Only current versions have parameter rows; history stays in ``resources``. Revoking consent
 removes every row of the affected records (:meth:`FhirIndex.drop`).
+
+For search, each parameter row carries its resource's type and integer ``rid`` and is indexed
+both ways: by value, (type, name, value, rid), to find the resources that have it, and by
+resource, (rid, name, value), to test one resource. ``resources_page`` holds each type's
+current resources in page order (newest first). :meth:`FhirIndex.search` starts from the
+condition with the fewest matches and tests the others per candidate (the plan is described
+there); at 100,000 Observations a ``patient`` + ``code`` + ``date`` search takes about a
+millisecond (``bench/fhir.py``, step 3b).
+
+The file's layout has a version (:data:`SCHEMA_VERSION`, in ``meta``); a file of another
+version is emptied and rebuilt from the ledger, as the index is only a cache of it.
 """
 
 from __future__ import annotations
@@ -25,6 +36,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
+import re
 import sqlite3
 import threading
 from collections.abc import Iterable, Sequence
@@ -36,13 +49,18 @@ from medmesh.crypto.aead import NONCE_SIZE, decrypt_aes256gcm, encrypt_aes256gcm
 from medmesh.crypto.kdf import hkdf_sha256
 from medmesh.interop.fhir.params import DateRange, extract
 
-__all__ = ["FhirIndex", "IndexedResource", "Query"]
+__all__ = ["DEFAULT_TUNING", "FhirIndex", "IndexedResource", "Query", "SearchTuning"]
 
-SCHEMA_VERSION: Final = 1  # (a new table is created by IF NOT EXISTS; bump on changes)
+log = logging.getLogger(__name__)
 
+SCHEMA_VERSION: Final = 2  # 2: integer rids, typed parameter rows, covering indexes (1: first)
+
+# An index file of another schema version is dropped and rebuilt from the ledger (the index is
+# a cache of what the ledger lets this institution open; FhirRepository.sync refills it).
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS resources (
-    record BLOB PRIMARY KEY,
+    rid INTEGER PRIMARY KEY,
+    record BLOB NOT NULL UNIQUE,
     type TEXT NOT NULL,
     id TEXT NOT NULL,
     version INTEGER NOT NULL,
@@ -53,23 +71,38 @@ CREATE TABLE IF NOT EXISTS resources (
     body BLOB NOT NULL
 );
 CREATE UNIQUE INDEX IF NOT EXISTS resources_version ON resources (type, id, version);
-CREATE INDEX IF NOT EXISTS resources_current ON resources (type, current, last_updated);
-CREATE INDEX IF NOT EXISTS resources_patient ON resources (patient);
-CREATE TABLE IF NOT EXISTS tokens (record BLOB NOT NULL, name TEXT NOT NULL, value BLOB NOT NULL);
-CREATE INDEX IF NOT EXISTS tokens_value ON tokens (name, value);
-CREATE INDEX IF NOT EXISTS tokens_record ON tokens (record);
-CREATE TABLE IF NOT EXISTS dates (record BLOB NOT NULL, name TEXT NOT NULL, lo REAL NOT NULL, hi REAL NOT NULL);
-CREATE INDEX IF NOT EXISTS dates_lo ON dates (name, lo);
-CREATE INDEX IF NOT EXISTS dates_record ON dates (record);
-CREATE TABLE IF NOT EXISTS refs (record BLOB NOT NULL, name TEXT NOT NULL, target TEXT NOT NULL);
-CREATE INDEX IF NOT EXISTS refs_target ON refs (name, target);
-CREATE INDEX IF NOT EXISTS refs_record ON refs (record);
+CREATE INDEX IF NOT EXISTS resources_page ON resources (type, current, last_updated DESC, record);
+CREATE INDEX IF NOT EXISTS resources_patient ON resources (patient, type, current);
+CREATE TABLE IF NOT EXISTS tokens (
+    type TEXT NOT NULL, name TEXT NOT NULL, value BLOB NOT NULL, rid INTEGER NOT NULL,
+    PRIMARY KEY (type, name, value, rid)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS tokens_rid ON tokens (rid, name, value);
+CREATE TABLE IF NOT EXISTS dates (
+    type TEXT NOT NULL, name TEXT NOT NULL, lo REAL NOT NULL, hi REAL NOT NULL,
+    rid INTEGER NOT NULL,
+    PRIMARY KEY (type, name, lo, hi, rid)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS dates_hi ON dates (type, name, hi, lo);
+CREATE INDEX IF NOT EXISTS dates_rid ON dates (rid, name, lo, hi);
+CREATE TABLE IF NOT EXISTS dates_multi (
+    type TEXT NOT NULL, name TEXT NOT NULL, rid INTEGER NOT NULL,
+    PRIMARY KEY (type, name, rid)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS dates_multi_rid ON dates_multi (rid);
+CREATE TABLE IF NOT EXISTS refs (
+    type TEXT NOT NULL, name TEXT NOT NULL, target TEXT NOT NULL, rid INTEGER NOT NULL,
+    PRIMARY KEY (type, name, target, rid)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS refs_rid ON refs (rid, name, target);
 CREATE TABLE IF NOT EXISTS forgotten (
     type TEXT NOT NULL, id TEXT NOT NULL, record BLOB NOT NULL, patient TEXT NOT NULL,
     PRIMARY KEY (type, id)
 );
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)
 """
+_TABLES: Final = ("resources", "tokens", "dates", "dates_multi", "refs", "forgotten")
+_PARAM_TABLES: Final = ("tokens", "dates", "dates_multi", "refs")
 
 
 @dataclass(frozen=True)
@@ -98,6 +131,22 @@ class Query:
     patients: Sequence[str] | None = None  # restrict to these owners (addresses)
     count: int = 20
     offset: int = 0
+
+
+@dataclass(frozen=True)
+class SearchTuning:
+    """How :meth:`FhirIndex.search` plans (results never depend on it, only their speed).
+
+    ``small``: a condition with fewer matches drives a search alone (its matches are joined,
+    probed and sorted whole); ``estimate_limit``: the most index entries counted to estimate
+    one condition's matches.
+    """
+
+    small: int = 2_000
+    estimate_limit: int = 50_000
+
+
+DEFAULT_TUNING: Final = SearchTuning()
 
 
 # SQL for each date prefix, over the resource's range [lo, hi) and the parameter's [plo, phi)
@@ -129,20 +178,62 @@ def _date_args(prefix: str, r: DateRange) -> tuple[float, ...]:
     }[prefix]
 
 
+@dataclass(frozen=True)
+class _Cond:
+    """One AND-ed condition of a search, in two forms: ``drive`` selects the rids of the
+    current resources it matches (a search can start from it), ``test`` checks it on one
+    resource ``r`` (``{rid}`` stands for that resource's rid)."""
+
+    drive: str
+    drive_args: tuple[Any, ...]
+    test: str
+    test_args: tuple[Any, ...]
+    on_row: bool  # test reads columns of r (else only its rid)
+    repeats: bool  # drive may select one rid more than once
+    rank: int  # usual selectivity (0: most selective): the order conditions are estimated in
+    # the test as a join ("<table> AS {alias} ON …", test_args), where it matches at most one
+    # row per resource: cheaper than the test's subquery when counting
+    join: str | None = None
+
+
+def _param(
+    table: str, column: str, type_: str, name: str, values: tuple[Any, ...], *, rank: int
+) -> _Cond:
+    """A token or reference condition: ``name`` is one of ``values`` (distinct)."""
+    m = _marks(values)
+    return _Cond(
+        f"SELECT rid FROM {table} WHERE type = ? AND name = ? AND {column} IN ({m})",  # noqa: S608
+        (type_, name, *values),
+        test=f"EXISTS (SELECT 1 FROM {table} WHERE rid = {{rid}} AND name = ? AND {column} IN ({m}))",  # noqa: S608
+        test_args=(name, *values), on_row=False, repeats=len(values) > 1, rank=rank,
+        join=None if len(values) > 1 else
+        f"{table} AS {{alias}} ON {{alias}}.rid = {{rid}} AND {{alias}}.name = ? AND {{alias}}.{column} = ?",
+    )  # fmt: skip
+
+
+def _marks(values: Sequence[Any]) -> str:
+    return ",".join("?" * len(values))
+
+
+def _on(template: str, column: str) -> str:
+    """A :data:`_DATE_SQL` condition on ``column`` holding one instant (lo = hi)."""
+    return template.replace("lo", column).replace("hi", column)
+
+
 class FhirIndex:
     """One gateway's index, at ``path``, protected with keys derived from ``secret``."""
 
-    def __init__(self, path: Path | str, secret: bytes) -> None:
+    def __init__(
+        self, path: Path | str, secret: bytes, *, tuning: SearchTuning = DEFAULT_TUNING
+    ) -> None:
         self.path = str(path)
+        self.tuning = tuning
         self._body_key = hkdf_sha256(secret, info=b"medmesh/fhir-index/v1/body")
         self._token_key = hkdf_sha256(secret, info=b"medmesh/fhir-index/v1/token")
         self._local = threading.local()
         self._write_lock = threading.Lock()
-        self._conn().executescript(_SCHEMA)
         with self._tx() as conn:
-            row = conn.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
-            if row is None:
-                conn.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+            self._create(conn)
             check = conn.execute("SELECT value FROM meta WHERE key = 'key_check'").fetchone()
             mine = self._token(b"key-check").hex()
             if check is None:
@@ -150,6 +241,33 @@ class FhirIndex:
             elif check[0] != mine:  # another wallet's index: useless to this one, rebuild
                 self._clear(conn)
                 conn.execute("UPDATE meta SET value = ? WHERE key = 'key_check'", (mine,))
+
+    @staticmethod
+    def _create(conn: sqlite3.Connection) -> None:
+        """Create the tables, first dropping those of another schema version: the index is
+        rebuilt from the ledger (``ledger_block`` goes too, so the next sync is a full one)."""
+        tables = [
+            str(r[0])
+            for r in conn.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite%'"
+            )
+        ]
+        version = None
+        if "meta" in tables:
+            row = conn.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+            version = None if row is None else str(row[0])
+        if tables and version != str(SCHEMA_VERSION):
+            log.info(
+                "FHIR index %s: schema %s, not %d: rebuilding it from the ledger",
+                conn.execute("PRAGMA database_list").fetchone()[2],
+                version,
+                SCHEMA_VERSION,
+            )
+            for table in tables:
+                conn.execute(f'DROP TABLE "{table}"')
+        for statement in _SCHEMA.split(";"):
+            conn.execute(statement)
+        conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
 
     def _conn(self) -> sqlite3.Connection:
         """This thread's connection (autocommit; see :meth:`_tx` for transactions)."""
@@ -198,41 +316,55 @@ class FhirIndex:
                 self._put(conn, row, body)
 
     def _put(self, conn: sqlite3.Connection, row: IndexedResource, body: dict[str, Any]) -> None:
-        existing = conn.execute(
-            "SELECT record, version FROM resources WHERE type = ? AND id = ? AND current = 1",
+        existing = conn.execute(  # +current: look up by (type, id), not by the page index
+            "SELECT rid, record, version FROM resources WHERE type = ? AND id = ? AND +current = 1",
             (row.type, row.id),
         ).fetchone()
-        current = existing is None or existing[1] <= row.version
-        if existing is not None and current and bytes(existing[0]) != row.record:
-            conn.execute("UPDATE resources SET current = 0 WHERE record = ?", (existing[0],))
-            self._forget_params(conn, bytes(existing[0]))
-        conn.execute("DELETE FROM resources WHERE record = ?", (row.record,))
+        current = existing is None or existing[2] <= row.version
+        if existing is not None and current and bytes(existing[1]) != row.record:
+            conn.execute("UPDATE resources SET current = 0 WHERE rid = ?", (existing[0],))
+            self._forget_params(conn, existing[0])
+        self._delete(conn, row.record)
         conn.execute("DELETE FROM forgotten WHERE type = ? AND id = ?", (row.type, row.id))
-        self._forget_params(conn, row.record)
-        conn.execute(
-            "INSERT INTO resources VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        rid = conn.execute(
+            "INSERT INTO resources (record, type, id, version, current, patient, cid, "
+            "last_updated, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (row.record, row.type, row.id, row.version, int(current), row.patient, row.cid,
              row.last_updated, self._seal(row.record, body)),
-        )  # fmt: skip
+        ).lastrowid  # fmt: skip
         if not current:
             return
         found = extract(body)
         conn.executemany(
-            "INSERT INTO tokens VALUES (?, ?, ?)",
-            [(row.record, name, self.token_value(v)) for name, v in found.tokens],
+            "INSERT OR IGNORE INTO tokens VALUES (?, ?, ?, ?)",
+            [(row.type, name, self.token_value(v), rid) for name, v in found.tokens],
+        )
+        dates = {(name, r.lo, r.hi) for name, r in found.dates}
+        conn.executemany(
+            "INSERT INTO dates VALUES (?, ?, ?, ?, ?)",
+            [(row.type, name, lo, hi, rid) for name, lo, hi in dates],
+        )
+        names = [name for name, _, _ in dates]
+        conn.executemany(  # several values of one date parameter: searches must count rids once
+            "INSERT OR IGNORE INTO dates_multi VALUES (?, ?, ?)",
+            [(row.type, name, rid) for name in set(names) if names.count(name) > 1],
         )
         conn.executemany(
-            "INSERT INTO dates VALUES (?, ?, ?, ?)",
-            [(row.record, name, r.lo, r.hi) for name, r in found.dates],
-        )
-        conn.executemany(
-            "INSERT INTO refs VALUES (?, ?, ?)", [(row.record, n, t) for n, t in found.refs]
+            "INSERT OR IGNORE INTO refs VALUES (?, ?, ?, ?)",
+            [(row.type, name, target, rid) for name, target in found.refs],
         )
 
     @staticmethod
-    def _forget_params(conn: sqlite3.Connection, record: bytes) -> None:
-        for table in ("tokens", "dates", "refs"):
-            conn.execute(f"DELETE FROM {table} WHERE record = ?", (record,))  # noqa: S608
+    def _forget_params(conn: sqlite3.Connection, rid: int) -> None:
+        for table in _PARAM_TABLES:
+            conn.execute(f"DELETE FROM {table} WHERE rid = ?", (rid,))  # noqa: S608
+
+    def _delete(self, conn: sqlite3.Connection, record: bytes) -> int:
+        found = conn.execute("SELECT rid FROM resources WHERE record = ?", (record,)).fetchone()
+        if found is None:
+            return 0
+        self._forget_params(conn, found[0])
+        return conn.execute("DELETE FROM resources WHERE rid = ?", (found[0],)).rowcount
 
     def drop(self, records: Iterable[bytes]) -> int:
         """Forget these record versions (consent revoked or expired, erased): bodies and
@@ -246,8 +378,7 @@ class FhirIndex:
                     "FROM resources WHERE record = ? AND current = 1",
                     (record,),
                 )
-                self._forget_params(conn, record)
-                n += conn.execute("DELETE FROM resources WHERE record = ?", (record,)).rowcount
+                n += self._delete(conn, record)
         return n
 
     def forgotten(self, type_: str, id_: str) -> IndexedResource | None:
@@ -264,7 +395,7 @@ class FhirIndex:
         return IndexedResource(bytes(row[0]), type_, id_, 0, False, row[1], b"", 0.0)
 
     def _clear(self, conn: sqlite3.Connection) -> None:
-        for table in ("resources", "tokens", "dates", "refs", "forgotten"):
+        for table in _TABLES:
             conn.execute(f"DELETE FROM {table}")  # noqa: S608
         conn.execute("DELETE FROM meta WHERE key NOT IN ('schema', 'key_check')")
 
@@ -304,7 +435,7 @@ class FhirIndex:
             self._conn()
             .execute(
                 f"SELECT {self._COLUMNS} FROM resources "  # noqa: S608
-                "WHERE type = ? AND id = ? AND current = 1",
+                "WHERE type = ? AND id = ? AND +current = 1",
                 (type_, id_),
             )
             .fetchone()
@@ -339,48 +470,236 @@ class FhirIndex:
         return int(self._conn().execute("SELECT count(*) FROM resources").fetchone()[0])
 
     def search(self, q: Query) -> tuple[list[tuple[IndexedResource, dict[str, Any]]], int]:
-        """(one page of current resources matching ``q``, newest first; the total)."""
-        where = ["r.type = ?", "r.current = 1"]
-        args: list[Any] = [q.type]
-        if q.ids is not None:
-            where.append(f"r.id IN ({','.join('?' * len(q.ids))})")
-            args += q.ids
-        if q.patients is not None:
-            where.append(f"r.patient IN ({','.join('?' * len(q.patients))})")
-            args += list(q.patients)
-        for name, values in q.tokens or []:
-            where.append(
-                "r.record IN (SELECT record FROM tokens WHERE name = ? AND value IN "  # noqa: S608
-                f"({','.join('?' * len(values))}))"
-            )
-            args += [name, *(self.token_value(v) for v in values)]
-        for name, targets in q.refs or []:
-            where.append(
-                "r.record IN (SELECT record FROM refs WHERE name = ? AND target IN "  # noqa: S608
-                f"({','.join('?' * len(targets))}))"
-            )
-            args += [name, *targets]
-        for name, prefix, rng in q.dates or []:
-            where.append(
-                f"r.record IN (SELECT record FROM dates WHERE name = ? AND {_DATE_SQL[prefix]})"  # noqa: S608
-            )
-            args += [name, *_date_args(prefix, rng)]
-        for prefix, rng in q.updated or []:
-            cond = _DATE_SQL[prefix].replace("lo", "r.last_updated").replace("hi", "r.last_updated")
-            where.append(cond)
-            args += list(_date_args(prefix, rng))
-        sql_where = " AND ".join(where)
+        """(one page of current resources matching ``q``, newest first; the total).
+
+        Planned per query, in one read transaction: each condition's matches are counted
+        (at most ``tuning.estimate_limit`` index entries, usually-selective conditions first,
+        the limit shrinking to the best so far); the smallest drives the search and the others
+        are probed per candidate on the ``rid`` indexes. A driver under ``tuning.small``
+        matches is joined, filtered and sorted whole. A larger one gives the total by one
+        counting pass over its index entries (a lone condition needs no other), and the page
+        comes from walking the resources in page order (``resources_page``, in growing
+        windows), probing every condition, for about as many rows as the driver has; if that
+        finds too few, the driver's matches are sorted instead.
+        """
         conn = self._conn()
-        total = int(
-            conn.execute(f"SELECT count(*) FROM resources r WHERE {sql_where}", args).fetchone()[0]  # noqa: S608
-        )
-        rows = conn.execute(
-            f"SELECT {', '.join('r.' + c for c in self._COLUMNS.split(', '))}, r.body "  # noqa: S608
-            f"FROM resources r WHERE {sql_where} ORDER BY r.last_updated DESC, r.record "
-            "LIMIT ? OFFSET ?",
-            [*args, q.count, q.offset],
-        ).fetchall()
-        return [(self._row(r), self._open(bytes(r[0]), bytes(r[8]))) for r in rows], total
+        conn.execute("BEGIN")  # one snapshot for the total and the page
+        try:
+            conds = self._conditions(conn, q)
+            if conds is None:
+                return [], 0
+            rids, total = self._plan(conn, q, conds)
+            return self._page(conn, rids), total
+        finally:
+            conn.execute("COMMIT")
+
+    def _conditions(self, conn: sqlite3.Connection, q: Query) -> list[_Cond] | None:
+        """``q``'s conditions (None: one of them can match nothing). SQL is built from fixed
+        text and ``?`` marks only; every value is a parameter."""
+        t = q.type
+        out: list[_Cond] = []
+        if q.ids is not None:
+            ids = tuple(dict.fromkeys(q.ids))
+            if not ids:
+                return None
+            m = _marks(ids)
+            out.append(_Cond(
+                f"SELECT rid FROM resources WHERE type = ? AND id IN ({m}) AND +current = 1",  # noqa: S608
+                (t, *ids), test=f"+r.id IN ({m})", test_args=ids, on_row=True, repeats=False,
+                rank=0,
+            ))  # fmt: skip
+        for name, targets in q.refs or []:
+            if not targets:
+                return None
+            out.append(_param("refs", "target", t, name, tuple(dict.fromkeys(targets)), rank=1))
+        if q.patients is not None:
+            owners = tuple(dict.fromkeys(q.patients))
+            if not owners:
+                return None
+            m = _marks(owners)
+            out.append(_Cond(
+                f"SELECT rid FROM resources WHERE patient IN ({m}) AND type = ? AND current = 1",  # noqa: S608
+                (*owners, t), test=f"+r.patient IN ({m})", test_args=owners, on_row=True,
+                repeats=False, rank=2,
+            ))  # fmt: skip
+        for name, values in q.tokens or []:
+            hashed = tuple(dict.fromkeys(self.token_value(v) for v in values))
+            if not hashed:
+                return None
+            out.append(_param("tokens", "value", t, name, hashed, rank=3))
+        for prefix, rng in q.updated or []:
+            sql, args = _DATE_SQL[prefix], _date_args(prefix, rng)
+            out.append(_Cond(  # (no +: in a walk, the test bounds the resources_page range)
+                "SELECT rid FROM resources WHERE type = ? AND current = 1 AND "  # noqa: S608
+                + _on(sql, "last_updated"),
+                (t, *args), test=_on(sql, "r.last_updated"), test_args=args, on_row=True,
+                repeats=False, rank=4,
+            ))  # fmt: skip
+        for name, prefix, rng in q.dates or []:
+            sql, args = _DATE_SQL[prefix], _date_args(prefix, rng)
+            several = conn.execute(
+                "SELECT 1 FROM dates_multi WHERE type = ? AND name = ? LIMIT 1", (t, name)
+            ).fetchone()
+            out.append(_Cond(
+                f"SELECT rid FROM dates WHERE type = ? AND name = ? AND {sql}",  # noqa: S608
+                (t, name, *args),
+                test=f"EXISTS (SELECT 1 FROM dates WHERE rid = {{rid}} AND name = ? AND {sql})",  # noqa: S608
+                test_args=(name, *args), on_row=False, repeats=several is not None, rank=5,
+                join=None if several else "dates AS {alias} ON {alias}.rid = {rid} AND "
+                "{alias}.name = ? AND " + re.sub(r"\b(lo|hi)\b", r"{alias}.\1", sql),
+            ))  # fmt: skip
+        return out
+
+    @staticmethod
+    def _tests(conds: Sequence[_Cond], rid: str) -> tuple[str, list[Any]]:
+        """The AND of ``conds``' tests (``1`` for none), and their arguments."""
+        sql = " AND ".join(f"({c.test.format(rid=rid)})" for c in conds) or "1"
+        return sql, [a for c in conds for a in c.test_args]
+
+    def _plan(
+        self, conn: sqlite3.Connection, q: Query, conds: list[_Cond]
+    ) -> tuple[list[int], int]:
+        """(the rids of ``q``'s page, in order; the total)."""
+        if not conds:  # every current resource of the type
+            total = int(
+                conn.execute(
+                    "SELECT count(*) FROM resources WHERE type = ? AND current = 1", (q.type,)
+                ).fetchone()[0]
+            )
+            wanted = min(total, q.offset + q.count)
+            rids = self._walk(conn, q, conds, wanted) if wanted > q.offset else None
+            return (rids or [])[q.offset :], total
+        drive = conds[0]
+        if len(conds) == 1:  # one condition: count it whole (no repeats: that is the total)
+            n_drive = self._count(conn, drive)
+        else:  # estimate each, most selective kinds first, to pick the driver
+            n_drive, limit = -1, self.tuning.estimate_limit
+            for c in sorted(conds, key=lambda c: c.rank):
+                n = self._count(conn, c, limit)
+                if n == 0:
+                    return [], 0
+                if n_drive < 0 or n < n_drive:
+                    drive, n_drive = c, n
+                limit = min(limit, n)
+        others = [c for c in conds if c is not drive]
+        rids_sql = f"SELECT DISTINCT rid FROM ({drive.drive})" if drive.repeats else drive.drive  # noqa: S608
+        from_sql = f"({rids_sql}) AS d CROSS JOIN resources r ON r.rid = d.rid"
+        tests, test_args = self._tests(others, "d.rid")
+        if n_drive < self.tuning.small:  # few candidates: filter and sort them all, here
+            rows = conn.execute(
+                f"SELECT r.rid, r.last_updated, r.record FROM {from_sql} "  # noqa: S608
+                f"WHERE +r.type = ? AND +r.current = 1 AND {tests}",
+                [*drive.drive_args, q.type, *test_args],
+            ).fetchall()
+            rows.sort(key=lambda r: (-r[1], bytes(r[2])))
+            return [r[0] for r in rows[q.offset : q.offset + q.count]], len(rows)
+        if others or drive.repeats:  # the total: one pass over the driver, probing the others
+            joined = [c for c in others if c.join is not None]
+            tested = [c for c in others if c.join is None]
+            joins = "".join(
+                f" CROSS JOIN {c.join.format(alias=f'j{i}', rid='d.rid')}"
+                for i, c in enumerate(joined)
+                if c.join is not None
+            )
+            if any(c.on_row for c in tested):
+                joins += " CROSS JOIN resources r ON r.rid = d.rid"
+            where, where_args = self._tests(tested, "d.rid")
+            total = int(
+                conn.execute(
+                    f"SELECT count({'DISTINCT ' if drive.repeats else ''}d.rid) "  # noqa: S608
+                    f"FROM ({drive.drive}) AS d{joins} WHERE {where}",
+                    [*drive.drive_args, *(a for c in joined for a in c.test_args), *where_args],
+                ).fetchone()[0]
+            )
+        else:
+            total = n_drive
+        wanted = min(total, q.offset + q.count)
+        if wanted <= q.offset:
+            return [], total
+        rids = self._walk(conn, q, conds, wanted, budget=n_drive)
+        if rids is None:  # the walk gave up: sort the driver's matches
+            rids = [
+                r[0]
+                for r in conn.execute(
+                    f"SELECT r.rid FROM {from_sql} WHERE +r.type = ? AND +r.current = 1 "  # noqa: S608
+                    f"AND {tests} ORDER BY r.last_updated DESC, r.record LIMIT ? OFFSET ?",
+                    [*drive.drive_args, q.type, *test_args, q.count, q.offset],
+                )
+            ]
+            return rids, total
+        return rids[q.offset :], total
+
+    @staticmethod
+    def _count(conn: sqlite3.Connection, c: _Cond, limit: int | None = None) -> int:
+        """How many rows ``c.drive`` selects (at most ``limit``)."""
+        sql = f"SELECT count(*) FROM ({c.drive}{'' if limit is None else ' LIMIT ?'})"  # noqa: S608
+        args = c.drive_args if limit is None else (*c.drive_args, limit)
+        return int(conn.execute(sql, args).fetchone()[0])
+
+    # A walk reads the type's current resources in page order, in windows each _GROWTH times
+    # the last: a bounded window (its last row found by OFFSET on resources_page) is what lets
+    # SQLite stop without sorting, and small first windows keep the common case cheap.
+    _FIRST_WINDOW: Final = 256
+    _GROWTH: Final = 4
+    _AFTER: Final = " AND r.last_updated <= ? AND (r.last_updated < ? OR r.record > ?)"
+    _UPTO: Final = " AND r.last_updated >= ? AND (r.last_updated > ? OR r.record <= ?)"
+
+    def _walk(
+        self,
+        conn: sqlite3.Connection,
+        q: Query,
+        conds: Sequence[_Cond],
+        wanted: int,
+        budget: int | None = None,
+    ) -> list[int] | None:
+        """The first ``wanted`` matches of ``conds`` in page order, from a walk of the type's
+        current resources in that order (``resources_page``, no sort); None if the first
+        ``budget`` of them (about) hold fewer."""
+        tests, test_args = self._tests(conds, "r.rid")
+        found: list[int] = []
+        after: Sequence[Any] | None = None  # (last_updated, record) of the last row walked
+        window, walked = max(self._FIRST_WINDOW, 16 * wanted), 0
+        while budget is None or walked < budget:
+            bounds, args = "", []
+            if after is not None:
+                bounds, args = self._AFTER, [after[0], after[0], after[1]]
+            edge = conn.execute(
+                f"SELECT r.last_updated, r.record FROM resources r WHERE r.type = ? "  # noqa: S608
+                f"AND r.current = 1{bounds} ORDER BY r.last_updated DESC, r.record "
+                "LIMIT 1 OFFSET ?",
+                [q.type, *args, window - 1],
+            ).fetchone()
+            if edge is not None:
+                bounds, args = bounds + self._UPTO, [*args, edge[0], edge[0], edge[1]]
+            found += [
+                r[0]
+                for r in conn.execute(
+                    f"SELECT r.rid FROM resources r WHERE r.type = ? AND r.current = 1{bounds} "  # noqa: S608
+                    f"AND {tests} ORDER BY r.last_updated DESC, r.record LIMIT ?",
+                    [q.type, *args, *test_args, wanted - len(found)],
+                )
+            ]
+            if len(found) >= wanted or edge is None:  # enough, or walked to the end
+                return found
+            after, walked, window = edge, walked + window, window * self._GROWTH
+        return None
+
+    def _page(
+        self, conn: sqlite3.Connection, rids: list[int]
+    ) -> list[tuple[IndexedResource, dict[str, Any]]]:
+        if not rids:
+            return []
+        rows = {
+            r[0]: r[1:]
+            for r in conn.execute(
+                f"SELECT rid, {self._COLUMNS}, body FROM resources WHERE rid IN ({_marks(rids)})",  # noqa: S608
+                rids,
+            )
+        }
+        return [
+            (self._row(rows[rid]), self._open(bytes(rows[rid][0]), bytes(rows[rid][8])))
+            for rid in rids
+        ]
 
     def close(self) -> None:
         conn = getattr(self._local, "conn", None)
