@@ -6,9 +6,10 @@ interval mining, state dumped to disk every second, a free port), deploys the co
 measures:
 
 1. gas, from real receipts: register, admit, grants at record / kind / all scope, re-grant,
-   revoke, anchor (new and superseding), erase, break_glass, log_access (1 and 100 entries)
-   and anchor_batch of 1,000 records (Merkle root built here; one proof checked on chain
-   with ``Records.in_batch``), next to the targets;
+   revoke, anchor (new and superseding), erase, break_glass, log_access (1 and 100 entries),
+   anchor_batch of 1,000 records (Merkle root built here; one proof checked on chain with
+   ``Records.in_batch``) and anchor_many of 1, 10, 100 and 256 records, the patient's own and
+   a provider's for the patient (five FHIR kinds, kind grants), next to the targets;
 2. throughput: ``--grants`` consent grants from one patient wallet to as many random
    grantees (a fresh storage slot each), signed locally and sent pipelined, ``--batch`` raw
    transactions per JSON-RPC batch with a fixed gas limit (no estimation round trip), then all
@@ -48,9 +49,10 @@ The machine's load average is recorded at start and end: on a shared 2-core mach
 processes move the throughput figures by 10-20 %.
 
 Targets: first grant <= 50,000 gas, revoke <= 25,000, anchor one record <= 60,000, a batch
-of 1,000 records <= 100 gas per record, >= 300 grants/s confirmed from one client; gateway
-p50 <= 5 ms and p99 <= 20 ms over 10,000 requests, refusing from the block after a revoke at
-worst. Results go to ``--json`` (default ``bench/out/ledger.json``) as well as to the screen.
+of 1,000 records <= 100 gas per record, anchor_many of 256 records <= 30,000 gas per record,
+>= 300 grants/s confirmed from one client; gateway p50 <= 5 ms and p99 <= 20 ms over 10,000
+requests, refusing from the block after a revoke at worst. Results go to ``--json`` (default
+``bench/out/ledger.json``) as well as to the screen.
 """
 
 from __future__ import annotations
@@ -113,6 +115,8 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_JSON = ROOT / "bench" / "out" / "ledger.json"
 ZERO = b"\0" * 32
 KIND = "fhir:Observation"
+IMPORT_KINDS = (KIND, "fhir:Condition", "fhir:Encounter", "fhir:Procedure", "fhir:Immunization")
+ANCHOR_MANY_SIZES = (1, 10, 100, 256)
 BLOCK_TIME = 1.0  # LocalChain's default interval mining
 FUNDS = 10**21
 STAGE_GAS = 1_000_000  # fixed limit for gas-table calls that depend on earlier, unmined ones
@@ -126,6 +130,7 @@ TARGETS = {
     "revoke": 25_000,
     "anchor": 60_000,
     "batch_per_record": 100,
+    "anchor_many_per_record": 30_000,
     "grants_per_s": 300,
 }
 
@@ -498,6 +503,7 @@ def bench_gas(ledgers: dict[str, Ledger], wallets: dict[str, Wallet]) -> dict[st
 
     # Stage 2: calls that need the roles admitted in stage 1.
     now = int(time.time())
+    contribute = Purpose.CONTRIBUTE
 
     def entries(n: int) -> list[tuple[str, str, bytes, Purpose, int]]:
         return [(patient, provider, keccak(new_cid()), Purpose.TREATMENT, now) for _ in range(n)]
@@ -524,6 +530,42 @@ def bench_gas(ledgers: dict[str, Ledger], wallets: dict[str, Wallet]) -> dict[st
     if not proof_ok or wrong_ok or int(count) != len(leaves):
         raise AssertionError(f"batch check failed: proof {proof_ok}, wrong {wrong_ok}, {count}")
 
+    # Stage 3: the provider may contribute the patient's records of each import kind
+    stage3 = [
+        (
+            pat,
+            [
+                (
+                    f"contribute_{k}",
+                    pat.consent.grant_call(provider, Scope.kind(k), contribute, expiry),
+                )
+                for k in IMPORT_KINDS
+            ],
+        )
+    ]
+    send_stage(stage3)
+
+    # Stage 4: anchor_many, the patient's own records and the provider's for the patient
+    def import_entries(n: int) -> list[tuple[str, bytes, str, bytes]]:
+        return [(patient, new_cid(), IMPORT_KINDS[i % len(IMPORT_KINDS)], ZERO) for i in range(n)]
+
+    stage4 = [
+        (
+            ledger,
+            [
+                (f"many_{who}_{n}", ledger.records.anchor_many_call(import_entries(n))[0])
+                for n in ANCHOR_MANY_SIZES
+            ],
+        )
+        for who, ledger in (("own", pat), ("for", prov))
+    ]
+    receipts.update(send_stage(stage4))
+    for who, ledger in (("own", pat), ("for", prov)):
+        for n in ANCHOR_MANY_SIZES:
+            anchored = ledger.records.events(receipts[f"many_{who}_{n}"], "Anchored")
+            if len(anchored) != n or {a["patient"] for a in anchored} != {patient}:
+                raise AssertionError(f"anchor_many {who} {n}: {len(anchored)} Anchored events")
+
     g = {k: r.gas_used for k, r in receipts.items()}
     rows = [
         GasRow("register (patient, x25519 key, no URI)", g["register"]),
@@ -549,6 +591,14 @@ def bench_gas(ledgers: dict[str, Ledger], wallets: dict[str, Wallet]) -> dict[st
             TARGETS["batch_per_record"],
         ),
     ]
+    for who, label in (("own", "own records"), ("for", "for a patient (anchor_for rules)")):
+        for n in ANCHOR_MANY_SIZES:
+            target = TARGETS["anchor_many_per_record"] if n == ANCHOR_MANY_SIZES[-1] else None
+            rows.append(
+                GasRow(
+                    f"anchor_many of {n}, {label} (per record)", g[f"many_{who}_{n}"] / n, target
+                )
+            )
     return {
         "rows": [dataclasses.asdict(r) | {"ok": r.ok} for r in rows],
         "batch": {

@@ -14,9 +14,13 @@
 
         A patient anchors its own records. A provider may anchor for a patient
         when the patient has granted it the CONTRIBUTE purpose for that kind.
-        Many records can be anchored at once under one Merkle root (sorted-pair
-        keccak256 tree, double-hashed leaves as in OpenZeppelin's
-        StandardMerkleTree), and a record's inclusion is checked on chain.
+        `anchor_many` anchors up to MAX_ANCHORS record versions in one
+        transaction, each by exactly these rules and with its own `Anchored`
+        event (an import pays the 21,000 gas of a transaction once per batch,
+        not once per record). Many records can also be committed at once under
+        one Merkle root (sorted-pair keccak256 tree, double-hashed leaves as in
+        OpenZeppelin's StandardMerkleTree), and a record's inclusion is checked
+        on chain; such records have no anchor, so no grant reaches them.
 
         One storage slot per anchor: owner (160 bits) | time (48) | flags (16) |
         kind (32).
@@ -40,6 +44,12 @@ FLAG_SUPERSEDED: constant(uint256) = 1
 FLAG_ERASED: constant(uint256) = 2
 MAX_CID: constant(uint256) = 64
 MAX_PROOF: constant(uint256) = 64
+# entries per anchor_many: 256 new records use 7.4M gas (9.0M with 64-byte CIDs that all
+# supersede a version), under the 2**24 gas cap per transaction of EIP-7825 with room
+# for a client's estimate margin (512 would not be)
+MAX_ANCHORS: public(constant(uint256)) = 256
+# `entry` of a single anchor / anchor_for: its refusals carry no entry number
+SINGLE: constant(uint256) = max_value(uint256)
 
 registry: public(IRegistry)
 consent: public(IConsent)
@@ -48,6 +58,13 @@ consent: public(IConsent)
 anchors: HashMap[bytes32, uint256]
 # batch root -> packed (author | time << 160 | count << 208)
 batches: HashMap[bytes32, uint256]
+
+
+struct NewAnchor:
+    patient: address
+    cid: Bytes[MAX_CID]
+    kind: bytes4
+    supersedes: bytes32
 
 
 event Anchored:
@@ -96,7 +113,7 @@ def anchor(cid: Bytes[MAX_CID], kind: bytes4, supersedes: bytes32) -> bytes32:
     @notice Anchor a version of one of your own records.
     @return The record id, keccak256(patient ‖ cid).
     """
-    return self._anchor(msg.sender, cid, kind, supersedes)
+    return self._anchor(msg.sender, cid, kind, supersedes, SINGLE)
 
 
 @external
@@ -105,23 +122,78 @@ def anchor_for(patient: address, cid: Bytes[MAX_CID], kind: bytes4, supersedes: 
     @notice Anchor a record version for `patient`, who must have granted the
             caller the CONTRIBUTE purpose for this kind of record.
     """
-    assert staticcall self.consent.has_kind_access(patient, msg.sender, kind, IConsent.Purpose.CONTRIBUTE), "records: no consent to contribute"
-    return self._anchor(patient, cid, kind, supersedes)
+    if not self._may_contribute(patient, kind):
+        self._refuse("records: no consent to contribute", SINGLE)
+    return self._anchor(patient, cid, kind, supersedes, SINGLE)
+
+
+@external
+def anchor_many(entries: DynArray[NewAnchor, MAX_ANCHORS]) -> DynArray[bytes32, MAX_ANCHORS]:
+    """
+    @notice Anchor up to MAX_ANCHORS record versions in order, each as
+            `anchor` (your own records) or `anchor_for` (another patient's)
+            would: the same checks, the same `Anchored` event. An entry may
+            supersede one anchored by an earlier entry of the same call.
+            All or nothing: the first entry refused reverts the whole call,
+            with the reason `anchor` or `anchor_for` gives followed by
+            " (entry i)", i counted from 0.
+    @return The record ids, in the order of `entries`.
+    """
+    records: DynArray[bytes32, MAX_ANCHORS] = []
+    # the (patient, kind) whose CONTRIBUTE consent was checked last: consent
+    # cannot change within this call, so a run of entries for it is checked once
+    consented_patient: address = msg.sender
+    consented_kind: bytes4 = empty(bytes4)
+    for i: uint256 in range(len(entries), bound=MAX_ANCHORS):
+        entry: NewAnchor = entries[i]
+        if entry.patient != msg.sender and (entry.patient != consented_patient or entry.kind != consented_kind):
+            if not self._may_contribute(entry.patient, entry.kind):
+                self._refuse("records: no consent to contribute", i)
+            consented_patient = entry.patient
+            consented_kind = entry.kind
+        records.append(self._anchor(entry.patient, entry.cid, entry.kind, entry.supersedes, i))
+    return records
 
 
 @internal
-def _anchor(patient: address, cid: Bytes[MAX_CID], kind: bytes4, supersedes: bytes32) -> bytes32:
-    assert len(cid) > 0, "records: empty cid"
+@view
+def _may_contribute(patient: address, kind: bytes4) -> bool:
+    # true for the patient itself (Consent.has_kind_access checks that first)
+    return staticcall self.consent.has_kind_access(patient, msg.sender, kind, IConsent.Purpose.CONTRIBUTE)
+
+
+@internal
+@pure
+def _refuse(reason: String[64], entry: uint256):
+    if entry == SINGLE:
+        raise reason
+    raise concat(reason, " (entry ", uint2str(entry), ")")
+
+
+@internal
+def _anchor(patient: address, cid: Bytes[MAX_CID], kind: bytes4, supersedes: bytes32, entry: uint256) -> bytes32:
+    """
+    @dev Every rule of a new anchor but consent; `entry` names the entry of
+         anchor_many in a refusal (SINGLE for anchor and anchor_for).
+    """
+    if len(cid) == 0:
+        self._refuse("records: empty cid", entry)
     # kind 0 would share its grant scope with ALL (the zero word)
-    assert kind != empty(bytes4), "records: kind 0 is reserved"
+    if kind == empty(bytes4):
+        self._refuse("records: kind 0 is reserved", entry)
     record: bytes32 = keccak256(concat(convert(patient, bytes20), cid))
-    assert self.anchors[record] == 0, "records: already anchored"
+    if self.anchors[record] != 0:
+        self._refuse("records: already anchored", entry)
     if supersedes != empty(bytes32):
         previous: uint256 = self.anchors[supersedes]
-        assert previous != 0, "records: superseded record unknown"
-        assert convert(previous & convert(max_value(uint160), uint256), address) == patient, "records: superseded record has another owner"
-        assert convert(convert(previous >> 224, uint32), bytes4) == kind, "records: superseded record is of another kind"
-        assert (previous >> 208) & FLAG_SUPERSEDED == 0, "records: already superseded"
+        if previous == 0:
+            self._refuse("records: superseded record unknown", entry)
+        if convert(previous & convert(max_value(uint160), uint256), address) != patient:
+            self._refuse("records: superseded record has another owner", entry)
+        if convert(convert(previous >> 224, uint32), bytes4) != kind:
+            self._refuse("records: superseded record is of another kind", entry)
+        if (previous >> 208) & FLAG_SUPERSEDED != 0:
+            self._refuse("records: already superseded", entry)
         self.anchors[supersedes] = previous | (FLAG_SUPERSEDED << 208)
     self.anchors[record] = (
         convert(patient, uint256)

@@ -186,10 +186,11 @@ class RecordKeeper:
     def put_many(self, items: Sequence[NewRecord]) -> list[PutRecord]:
         """:meth:`put` for many small records: sealed and stored in batches (one object per
         record, a few signed requests per node per batch: ``Client.aput_many``), then
-        anchored together, pipelined into as few blocks as the gas limit allows.
+        anchored with ``Records.anchor_many``, 256 records per transaction.
 
-        Stored ciphertext whose anchor then fails is unreachable (no anchor, no grant) and
-        is only reported as an error; the caller may retry the whole batch.
+        Stored ciphertext whose anchor then fails is unreachable (no anchor, no grant); the
+        error (``AnchorRefusedError`` names the refused item and what was anchored before
+        it) reaches the caller, who may retry.
         """
         if not items:
             return []
@@ -215,30 +216,16 @@ class RecordKeeper:
                 await self.client.store.close()
 
         stored = asyncio.run(store_all())
-        calls = []
-        for item, owner, put in zip(items, owners, stored, strict=True):
-            previous = record_id(owner, item.supersedes) if item.supersedes else b"\0" * 32
-            if owner == self.wallet.address:
-                calls.append(self.ledger.records.anchor_call(put.cid, item.kind, previous))
-            else:
-                calls.append(
-                    self.ledger.records.anchor_for_call(owner, put.cid, item.kind, previous)
-                )
-        receipts = self.ledger.transact_many(calls)
+        entries = [
+            (owner, put.cid, item.kind,
+             record_id(owner, item.supersedes) if item.supersedes else b"\0" * 32)
+            for item, owner, put in zip(items, owners, stored, strict=True)
+        ]  # fmt: skip
+        anchored = self.ledger.records.anchor_many(entries)  # 256 per transaction, durable
         return [
-            PutRecord(
-                put.cid,
-                record_id(owner, put.cid),
-                item.kind,
-                put.size,
-                len(keys_) + 1,
-                r.tx_hash,
-                r.block_number,
-            )
-            for item, owner, put, keys_, r in zip(
-                items, owners, stored, plan, receipts, strict=True
-            )
-        ]
+            PutRecord(put.cid, a.record, item.kind, put.size, len(keys_) + 1, a.tx_hash, a.block_number)
+            for item, put, keys_, a in zip(items, stored, plan, anchored, strict=True)
+        ]  # fmt: skip
 
     def records(self, *, include_history: bool = False) -> list[RecordRow]:
         self.indexer.sync()

@@ -21,7 +21,9 @@ block is durable (:meth:`LocalChain.wait_durable`): killing Anvil then loses not
 
 Mining is by interval (``--block-time``, 1 s by default), not one block per transaction:
 Anvil's per-block cost grows with the state it holds, and batching many transactions into
-one block is what keeps hundreds of grants per second possible.
+one block is what keeps hundreds of grants per second possible. Blocks hold 100M gas
+(``--gas-limit``, :data:`DEFAULT_GAS_LIMIT`) rather than Anvil's 30M, which let only 768
+records a block in through ``Records.anchor_many`` (docs/ledger.md, "Block gas limit").
 """
 
 from __future__ import annotations
@@ -58,6 +60,9 @@ __all__ = [
 DEFAULT_PORT: Final = 8545
 DEFAULT_CHAIN_ID: Final = 31337
 DEFAULT_BLOCK_TIME: Final = 1.0
+# gas per block: Anvil's own default is 30M, which caps Records.anchor_many at about 770
+# records a block (docs/ledger.md); real networks set their own
+DEFAULT_GAS_LIMIT: Final = 100_000_000
 ENV_ANVIL: Final = "MEDMESH_ANVIL"
 _SUPERVISOR_MODULE: Final = "medmesh.ledger.chains"
 RESTART_DELAY_FIRST: Final = 0.5  # seconds before the next start after one failure
@@ -234,6 +239,7 @@ class LocalChain:
         port: int = DEFAULT_PORT,
         chain_id: int = DEFAULT_CHAIN_ID,
         block_time: float = DEFAULT_BLOCK_TIME,
+        gas_limit: int = DEFAULT_GAS_LIMIT,
         timeout: float = 30.0,
     ) -> ChainStatus:
         """Start the chain unless it runs; return once it answers JSON-RPC.
@@ -257,7 +263,7 @@ class LocalChain:
         cmd = [
             sys.executable, "-m", _SUPERVISOR_MODULE, "serve", str(self.root),
             "--anvil", str(anvil), "--port", str(port), "--chain-id", str(chain_id),
-            "--block-time", str(block_time),
+            "--block-time", str(block_time), "--gas-limit", str(gas_limit),
         ]  # fmt: skip
         self.info_file.unlink(missing_ok=True)
         spawn_detached(cmd, self.root / "supervisor.log")
@@ -351,22 +357,38 @@ class LocalChain:
         _write_atomic(self.info_file, json.dumps(info, indent=2).encode())
 
     def _start_anvil(
-        self, cmd: list[str], output: IO[bytes], rpc_url: str, stopping: threading.Event
+        self,
+        cmd: list[str],
+        output: IO[bytes],
+        rpc_url: str,
+        stopping: threading.Event,
+        gas_limit: int = DEFAULT_GAS_LIMIT,
     ) -> subprocess.Popen[bytes]:
         """Restore the newest complete state, start Anvil, return it once it answers.
 
+        Anvil takes the block gas limit of a state it loads over ``--gas-limit``, so the limit
+        is also set over RPC: a chain made before the limit changed gets the new one.
         Raises (OSError, LedgerError) if it cannot; no Anvil of this attempt is left running.
         """
         self._restore()
         child = subprocess.Popen(cmd, stdout=output, stderr=output, stdin=subprocess.DEVNULL)
         try:
             self._wait_rpc(rpc_url, child, stopping=stopping)
+            with Rpc(rpc_url, timeout=5.0, retries=1) as rpc:
+                rpc.call("evm_setBlockGasLimit", hex(gas_limit))
         except BaseException:
             _end(child)
             raise
         return child
 
-    def serve(self, anvil: Path, port: int, chain_id: int, block_time: float) -> None:
+    def serve(
+        self,
+        anvil: Path,
+        port: int,
+        chain_id: int,
+        block_time: float,
+        gas_limit: int = DEFAULT_GAS_LIMIT,
+    ) -> None:
         """Run Anvil as a child until SIGTERM; snapshot its state; restart it whenever it dies.
 
         A start that fails (Anvil exits or does not answer, e.g. while its port is still held
@@ -385,12 +407,13 @@ class LocalChain:
         rpc_url = f"http://{HOST}:{port}"
         cmd = [
             str(anvil), "--host", HOST, "--port", str(port), "--chain-id", str(chain_id),
-            "--block-time", f"{block_time:g}", "--state", str(self.state_file),
-            "--state-interval", "1", "--silent",
+            "--block-time", f"{block_time:g}", "--gas-limit", str(gas_limit),
+            "--state", str(self.state_file), "--state-interval", "1", "--silent",
         ]  # fmt: skip
         info: dict[str, Any] = {
             "pid": os.getpid(), "anvil_pid": None, "rpc_url": rpc_url, "port": port,
-            "chain_id": chain_id, "block_time": block_time, "data": str(self.root), "ready": False,
+            "chain_id": chain_id, "block_time": block_time, "gas_limit": gas_limit,
+            "data": str(self.root), "ready": False,
         }  # fmt: skip
         self._write_info(info)  # our pid, before the first start: up() can stop us if it fails
         anvil_log = open(self.root / "anvil.log", "ab")  # noqa: SIM115 - lives as long as the loop
@@ -419,7 +442,7 @@ class LocalChain:
                         self._write_info(info)
                 if child is None and time.monotonic() >= next_start:
                     try:
-                        child = self._start_anvil(cmd, anvil_log, rpc_url, stopping)
+                        child = self._start_anvil(cmd, anvil_log, rpc_url, stopping, gas_limit)
                         info.update(anvil_pid=child.pid, ready=True)
                         self._write_info(info)
                     except (OSError, LedgerError) as exc:
@@ -500,9 +523,12 @@ def main(argv: list[str] | None = None) -> None:
     serve.add_argument("--port", type=int, required=True)
     serve.add_argument("--chain-id", type=int, required=True)
     serve.add_argument("--block-time", type=float, default=DEFAULT_BLOCK_TIME)
+    serve.add_argument("--gas-limit", type=int, default=DEFAULT_GAS_LIMIT)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    LocalChain(args.root).serve(args.anvil, args.port, args.chain_id, args.block_time)
+    LocalChain(args.root).serve(
+        args.anvil, args.port, args.chain_id, args.block_time, args.gas_limit
+    )
 
 
 if __name__ == "__main__":

@@ -15,11 +15,17 @@ Vocabulary shared with the contracts:
   4-byte tag, ``keccak256(name)[:4]`` (:func:`kind_tag`);
 - a :class:`Scope` is one record, one kind, or all records, as the 32-byte word the contract
   keys grants by.
+
+Many records are anchored with :meth:`RecordsContract.anchor_many`: up to 256 per
+transaction (``Records.anchor_many``), so an import pays the 21,000 gas of a transaction once
+per 256 records instead of once per record; :mod:`medmesh.ledger.anchoring` plans them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import enum
+import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -29,7 +35,17 @@ from eth_utils.address import to_checksum_address
 from eth_utils.crypto import keccak
 from web3 import Web3
 
-from medmesh.errors import InvalidInputError
+from medmesh.errors import InvalidInputError, LedgerError, RevertError
+from medmesh.ledger.anchoring import (
+    ANCHOR_MANY_MAX,
+    AnchoredRecord,
+    AnchorEntry,
+    AnchorPlan,
+    AnchorRefusedError,
+    kind_tag,
+    record_id,
+    rounds,
+)
 from medmesh.ledger.artifacts import Artifact
 from medmesh.ledger.events import EventCodec, checksum
 from medmesh.ledger.rpc import Rpc
@@ -37,8 +53,12 @@ from medmesh.ledger.tx import Call, Receipt, TxSender
 
 __all__ = [
     "ALL_SCOPE",
+    "ANCHOR_MANY_MAX",
     "BREAK_GLASS_SCOPE",
     "Anchor",
+    "AnchorEntry",
+    "AnchorRefusedError",
+    "AnchoredRecord",
     "ConsentContract",
     "Contract",
     "Purpose",
@@ -103,21 +123,6 @@ class Purpose(enum.IntFlag):
 ZERO: Final = b"\0" * 32
 ALL_SCOPE: Final = ZERO
 BREAK_GLASS_SCOPE: Final = keccak(b"medmesh:break-glass")
-
-
-def record_id(patient: str, cid: bytes | Any) -> bytes:
-    """The on-chain id of a record version: ``keccak256(patient's 20 bytes ‖ binary CID)``."""
-    owner = bytes.fromhex(patient.removeprefix("0x"))
-    if len(owner) != 20:
-        raise InvalidInputError(f"not an address: {patient!r}")
-    return keccak(owner + bytes(cid))
-
-
-def kind_tag(kind: str) -> bytes:
-    """The 4-byte tag of a record kind name."""
-    if not kind or len(kind) > 64 or not kind.isprintable():
-        raise InvalidInputError("a record kind is a short printable name, e.g. fhir:Observation")
-    return keccak(text=kind)[:4]
 
 
 @dataclass(frozen=True)
@@ -282,6 +287,102 @@ class RecordsContract(Contract):
         return self.transact(
             "anchor_for", to_checksum_address(patient), bytes(cid), kind_tag(kind), supersedes
         )
+
+    def anchor_many_call(self, entries: Sequence[AnchorEntry]) -> list[Call]:
+        """``anchor_many`` transactions for ``entries``, to pipeline with other calls
+        (:meth:`Ledger.transact_many`): entry ``i`` is in call ``i // ANCHOR_MANY_MAX``.
+
+        Prefer :meth:`anchor_many`, which sends rounds of a few blocks, keeps the gas limits
+        of what it sends together from decreasing (Anvil drops the smaller last call that
+        fits a full block after a bigger one did not) and names a refused entry by its index
+        in ``entries``. Here a refusal is a plain :class:`RevertError` whose reason counts
+        entries in the call's own order (grouped by patient and kind, see
+        :class:`~medmesh.ledger.anchoring.AnchorPlan`). The calls are all estimated before
+        any is sent, so an entry superseding one of an earlier call of the same list would
+        fail: that raises :class:`InvalidInputError`.
+        """
+        plan = AnchorPlan.of(entries)
+        if len(plan.waves) > 1:
+            raise InvalidInputError(
+                "an entry supersedes a record anchored by an earlier transaction of the list "
+                f"(more than {ANCHOR_MANY_MAX} entries before it): use anchor_many"
+            )
+        return [self._anchor_many_tx(plan, tx) for tx in range(len(plan.transactions))]
+
+    def anchor_many(
+        self, entries: Sequence[AnchorEntry], *, timeout: float = 60.0
+    ) -> list[AnchoredRecord]:
+        """Anchor record versions, :data:`ANCHOR_MANY_MAX` per transaction; return once all
+        are mined (and durable, on the local chain), one :class:`AnchoredRecord` per entry.
+
+        Each entry is ``(patient, cid, kind, supersedes)``: records of the sender need no
+        consent, another patient's need its CONTRIBUTE consent for the kind, exactly as
+        :meth:`anchor` and :meth:`anchor_for`; an entry may supersede an earlier one. The
+        transactions are estimated together, then sent in rounds that fill up to four blocks,
+        each once the one before is mined (see :func:`~medmesh.ledger.anchoring.rounds`).
+
+        Raises :class:`InvalidInputError` naming an entry the list alone shows is wrong
+        (nothing is sent), and :class:`AnchorRefusedError` naming the entry the chain
+        refused; its ``anchored`` lists the entries of the transactions mined before.
+
+        >>> [a.record for a in ledger.records.anchor_many([(me, cid, "document", ZERO)])]
+        [record_id(me, cid)]
+        """
+        plan = AnchorPlan.of(entries)
+        sender = self._sender()
+        block_gas = int(self.rpc.call("eth_getBlockByNumber", "latest", False)["gasLimit"], 16)
+        done: list[AnchoredRecord | None] = [None] * len(plan.rows)
+        mined: list[Receipt] = []
+
+        def settle() -> None:  # what is anchored is durable before we return or raise
+            if self._on_mined and mined:
+                self._on_mined(mined)
+
+        def refused(exc: RevertError, tx: int) -> RevertError:
+            settle()
+            return plan.refusal(exc, tx, [i for i, d in enumerate(done) if d is not None])
+
+        for wave in plan.waves:
+            calls = [self._anchor_many_tx(plan, tx) for tx in wave]
+            try:
+                limits = sender.estimate(calls)
+            except RevertError as exc:  # which call? estimate them one by one
+                for tx, call in zip(wave, calls, strict=True):
+                    try:
+                        sender.estimate([call])
+                    except RevertError as one:
+                        raise refused(one, tx) from exc
+                settle()
+                raise
+            # Anvil drops a pending transaction that fits in a full block after an earlier one
+            # of the same sender did not (it tries it, finds its nonce too high, discards it):
+            # limits that never decrease make the later ones wait for the next block too
+            limits = list(itertools.accumulate(limits, max))
+            for batch in rounds(limits, block_gas):
+                sent = [dataclasses.replace(calls[k], gas=limits[k]) for k in batch]
+                hashes = sender.send_many(sent)
+                receipts = sender.wait(hashes, timeout=timeout, calls=sent, check=False)
+                for k, receipt in zip(batch, receipts, strict=True):
+                    if receipt.status == 1:
+                        mined.append(receipt)
+                        for i in plan.transactions[wave[k]]:
+                            done[i] = AnchoredRecord(
+                                plan.records[i], receipt.tx_hash, receipt.block_number
+                            )
+                for k, receipt in zip(batch, receipts, strict=True):
+                    if receipt.status != 1:  # reverted when mined: raise its reason, traced
+                        try:
+                            sender.wait([receipt.tx_hash], calls=[calls[k]])
+                        except RevertError as exc:
+                            raise refused(exc, wave[k]) from exc
+                        except LedgerError:
+                            settle()
+                            raise
+        settle()
+        return [d for d in done if d is not None]
+
+    def _anchor_many_tx(self, plan: AnchorPlan, tx: int) -> Call:
+        return Call(self.address, plan.calldata(tx), label=plan.label(tx))
 
     def anchor_batch(self, root: bytes, count: int) -> Receipt:
         return self.transact("anchor_batch", root, count)

@@ -16,7 +16,9 @@ each way a call can fail:
 from __future__ import annotations
 
 import itertools
+import json
 import time
+from collections.abc import Iterator
 from typing import Any, Final
 
 import requests
@@ -27,6 +29,9 @@ from medmesh.errors import LedgerError, RevertError, RpcUnavailableError
 
 __all__ = ["Rpc", "RpcCallError", "decode_revert"]
 
+# a batch is sent in as many HTTP requests as it takes to keep each under this size: Anvil
+# refuses a body over 2 MiB ("Invalid request"), e.g. 20 anchor_many transactions
+MAX_REQUEST_BYTES: Final = 1 << 20
 _ERROR_SELECTOR: Final = bytes.fromhex("08c379a0")  # Error(string)
 _PANIC_SELECTOR: Final = bytes.fromhex("4e487b71")  # Panic(uint256)
 _PANICS: Final = {
@@ -123,15 +128,21 @@ class Rpc:
         if not calls:
             return []
         ids = [next(self._ids) for _ in calls]
-        body = [
-            {"jsonrpc": "2.0", "id": i, "method": method, "params": params}
+        items = [
+            json.dumps(
+                {"jsonrpc": "2.0", "id": i, "method": method, "params": params},
+                separators=(",", ":"),
+            ).encode()
             for i, (method, params) in zip(ids, calls, strict=True)
         ]
-        answers = self._post(body if len(body) > 1 else body[0])
-        if isinstance(answers, dict):
-            answers = [answers]
-        if not isinstance(answers, list):
-            raise LedgerError(f"malformed JSON-RPC answer from {self.url}")
+        answers: list[Any] = []
+        for body in _bodies(items):
+            answer = self._post(body)
+            if isinstance(answer, dict):
+                answer = [answer]
+            if not isinstance(answer, list):
+                raise LedgerError(f"malformed JSON-RPC answer from {self.url}")
+            answers += answer
         by_id = {a.get("id"): a for a in answers if isinstance(a, dict)}
         results: list[Any] = []
         for i in ids:
@@ -149,11 +160,13 @@ class Rpc:
                 results.append(answer.get("result"))
         return results
 
-    def _post(self, body: Any) -> Any:
+    def _post(self, body: bytes) -> Any:
         delay = 0.2
         for attempt in range(self.retries):
             try:
-                response = self._session.post(self.url, json=body, timeout=(2.0, self.timeout))
+                response = self._session.post(
+                    self.url, data=body, headers=_JSON, timeout=(2.0, self.timeout)
+                )
             except requests.RequestException as exc:
                 if attempt + 1 == self.retries:
                     raise RpcUnavailableError(
@@ -174,3 +187,22 @@ class Rpc:
                     f"the chain at {self.url} answered HTTP {response.status_code} without JSON"
                 ) from exc
         raise AssertionError("unreachable")  # pragma: no cover
+
+
+_JSON: Final = {"Content-Type": "application/json"}
+
+
+def _bodies(items: list[bytes]) -> Iterator[bytes]:
+    """JSON-RPC request bodies for encoded ``items``, in order, each up to MAX_REQUEST_BYTES
+    (an item larger than that alone): one item is sent bare, several as a batch array."""
+    start, size = 0, 0
+    for end, item in enumerate(items):
+        if end > start and size + len(item) + 1 > MAX_REQUEST_BYTES:
+            yield _body(items[start:end])
+            start, size = end, 0
+        size += len(item) + 1
+    yield _body(items[start:])
+
+
+def _body(items: list[bytes]) -> bytes:
+    return items[0] if len(items) == 1 else b"[" + b",".join(items) + b"]"

@@ -259,6 +259,29 @@ def test_restart_keeps_data_and_address_book(tmp_path: Path) -> None:
         assert int(tx["nonce"], 16) == 6  # nonces 0-5 went to the anchors and grants before
 
 
+def test_the_gas_limit_holds_for_a_chain_made_with_another(tmp_path: Path) -> None:
+    """Anvil keeps the block gas limit of a state it loads; the supervisor sets ours."""
+    chain = LocalChain(tmp_path / "chain")
+    seen: set[int] = set()
+
+    def gas_limit_after_a_block(st: chains.ChainStatus) -> int:
+        seen.update(p for p in (st.pid, st.anvil_pid) if p)
+        assert st.rpc_url is not None
+        with Rpc(st.rpc_url) as rpc:
+            first = block_number(rpc)
+            wait_until(lambda: block_number(rpc) > first, 10.0, "a new block")
+            return int(rpc.call("eth_getBlockByNumber", "latest", False)["gasLimit"], 16)
+
+    try:
+        st = chain.up(port=0, block_time=BLOCK_TIME, gas_limit=30_000_000)
+        assert gas_limit_after_a_block(st) == 30_000_000
+        assert chain.down() is True
+        st = chain.up(port=0, block_time=BLOCK_TIME)
+        assert gas_limit_after_a_block(st) == chains.DEFAULT_GAS_LIMIT == 100_000_000
+    finally:
+        stop_chain(chain, seen)
+
+
 def _wait_restarted(net: Net, old_anvil: int) -> None:
     def restarted() -> bool:
         st = net.chain.status()
