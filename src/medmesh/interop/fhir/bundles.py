@@ -10,9 +10,10 @@ Entries may ``POST Type`` (create), ``PUT Type/id`` (update or update-as-create,
   and nothing is stored. Then every write is sealed and stored, and the anchors are sent
   together. Reads run after the writes; each read is also tried before any write (unless
   the transaction itself writes it), so one that would be refused (403, logged) or not found
-  refuses the bundle while nothing is stored yet. The anchors of one transaction are sent
-  together but are separate ledger transactions: if the ledger fails midway, the response
-  is an error and the versions anchored so far stand (the index picks them up).
+  refuses the bundle while nothing is stored yet. Up to 256 versions are anchored in
+  one ledger transaction (all or nothing on chain); a bigger bundle spans several, and if
+  the ledger fails midway, the response is an error and the versions anchored so far stand
+  (the index picks them up).
 - **batch**: each entry on its own; a failed entry gets its status and ``OperationOutcome``
   in the response, the others go on.
 
