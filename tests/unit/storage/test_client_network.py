@@ -260,3 +260,33 @@ def test_put_progress_counts_acknowledged_bytes(cluster: LocalCluster, wallet: W
     put = client_for(cluster, wallet).put(random_bytes(8 * LEAF, seed=14), progress=seen.append)
     assert seen == sorted(seen) and len(seen) > 1
     assert seen[-1] == put.sealed_size  # every data share acknowledged, nothing counted twice
+
+
+def test_one_block_objects_come_straight_from_their_holder(
+    cluster: LocalCluster, wallet: Wallet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = client_for(cluster, wallet)
+    put = client.put(random_bytes(1500, seed=11))
+    assert put.cid.codec == 0x55  # raw: the object is one block
+    sealed = sealed_bytes(cluster, wallet, put.cid)
+    import medmesh.storage.backends.network as network
+
+    async def no_locate(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the full locate path was taken")
+
+    monkeypatch.setattr(network, "locate", no_locate)
+    assert sealed_bytes(cluster, wallet, put.cid) == sealed  # one block request, no locate
+    monkeypatch.undo()
+    # the holder serving a corrupted block: refused, and the full path rebuilds from parity
+    holder = next(i for i in range(len(cluster.nodes)) if cluster.holds(i, put.cid))
+    assert cluster.corrupt(holder, keep=lambda p: p.stat().st_size != len(sealed)) == 1
+    store = NetworkStore(cluster.urls, signer=wallet)
+
+    async def get() -> bytes:
+        try:
+            return b"".join([piece async for piece in store.get(put.cid)])
+        finally:
+            await store.close()
+
+    assert asyncio.run(get()) == sealed
+    assert cluster.nodes[holder].url in store.last_bad_nodes

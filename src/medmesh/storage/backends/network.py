@@ -23,7 +23,7 @@ from medmesh.storage.backends.base import (
     VerifyReport,
 )
 from medmesh.storage.batch import upload_many
-from medmesh.storage.cid import Cid
+from medmesh.storage.cid import RAW, Cid
 from medmesh.storage.downloader import stream_leaves
 from medmesh.storage.fetcher import StripeFetcher
 from medmesh.storage.locate import DHT_TIMEOUT, Location, locate
@@ -99,6 +99,14 @@ class NetworkStore(ObjectStore):
         return (await self.locate(cid)).manifest.size
 
     async def get(self, cid: Cid, *, on_size: SizeHook | None = None) -> AsyncIterator[bytes]:
+        if cid.codec == RAW:  # a one-block object: its data share is the object itself
+            data = await self._one_block(cid)
+            if data is not None:
+                self.last_bad_nodes = {}
+                if on_size is not None:
+                    on_size(len(data))
+                yield data
+                return
         loc = await self.locate(cid)
         if on_size is not None:
             on_size(loc.manifest.size)
@@ -112,6 +120,26 @@ class NetworkStore(ObjectStore):
                 if node.stats.bad_blocks and node.url not in bad:
                     bad[node.url] = f"served {node.stats.bad_blocks} corrupted block(s)"
             self.last_bad_nodes = bad
+
+    async def _one_block(self, cid: Cid) -> bytes | None:
+        """A one-block object straight from whichever known node holds its data share (one
+        request per node, at once; the first block that verifies against ``cid`` wins), or
+        None: then the full locate path (manifest, holders, DHT) takes over."""
+        nodes = [n for n in self._clients() if n.stats.alive]
+        if not nodes:
+            return None
+        tasks = [asyncio.create_task(n.get_block(cid)) for n in nodes]
+        try:
+            for done in asyncio.as_completed(tasks):
+                try:
+                    return await done
+                except MedmeshError:  # not there, unreachable, or a bad block: next
+                    continue
+            return None
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     async def repair(self, cid: Cid) -> dict[str, Any]:
         loc = await self.locate(cid)
