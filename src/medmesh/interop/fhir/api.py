@@ -296,7 +296,7 @@ def mount_fhir(
         principal(request).require(type_, "search")
         items = list(request.query_params.multi_items())
         query = parse_search(type_, items)
-        found, total = repo.search(query, _purpose(request))
+        found, total = await asyncio.to_thread(repo.search, query, _purpose(request))
         return _fhir(_searchset(base_url, type_, items, query.count, query.offset, found, total))
 
     @router.api_route("/{type_}/{id_}", methods=["DELETE", "PATCH"])

@@ -523,7 +523,12 @@ class FhirRepository:
             return rows
         return [r for r in rows if r.record in scopes or b"\0" * 28 + r.kind in scopes]
 
-    async def _reconcile(self, patient: str, now: float) -> int:
+    def _reconcile_plan(
+        self, patient: str, now: float
+    ) -> tuple[int, list[RecordRow], dict[bytes, int]]:
+        """Drop what consent no longer covers; (how many were dropped, the covered records
+        missing from the index in version order, every record's version number). Database
+        work only: runs in a thread, off the requests' event loop."""
         rows = [
             r
             for r in self.keeper.indexer.records(patient, include_history=True)
@@ -533,9 +538,14 @@ class FhirRepository:
         have = set(self.index.records_of(patient))
         dropped = self.index.drop(have - set(wanted))
         versions = _version_numbers(rows)
+        missing = sorted(set(wanted) - have, key=lambda rec: versions.get(rec, 0))
+        return dropped, [wanted[r] for r in missing], versions
+
+    async def _reconcile(self, patient: str, now: float) -> int:
+        dropped, missing, versions = await asyncio.to_thread(self._reconcile_plan, patient, now)
         added = []
-        for record in sorted(set(wanted) - have, key=lambda rec: versions.get(rec, 0)):
-            row = wanted[record]
+        for row in missing:
+            record = row.record
             try:
                 body = await self._fetch_own(row)
                 body = validate_resource(body, expected_type=_KINDS[row.kind])
@@ -549,7 +559,7 @@ class FhirRepository:
                                  row.cid, float(row.anchored_at)), body)
             )  # fmt: skip
         if added:
-            self.index.put(added)
+            await asyncio.to_thread(self.index.put, added)
         return dropped + len(added)
 
     async def _fetch_own(self, row: RecordRow) -> dict[str, Any]:
