@@ -77,6 +77,7 @@ from medmesh.interop.dicom.study import (
     study_resource_id,
     study_uid_of,
 )
+from medmesh.interop.fhir.api import Principal, authenticate
 from medmesh.interop.fhir.index import IndexedResource, Query
 from medmesh.interop.fhir.outcome import FhirError
 from medmesh.interop.fhir.params import date_range
@@ -92,20 +93,6 @@ log = logging.getLogger(__name__)
 DICOM_MEDIA: Final = "application/dicom"
 _STUDY: Final = "ImagingStudy"
 _KIND: Final = kind_tag(RECORD_KIND)
-
-
-class _Caller:
-    """Who is calling (the institution) and what its token's scopes allow (None: all)."""
-
-    def __init__(self, address: str, scopes: Any | None) -> None:
-        self.address = address
-        self.scopes = scopes
-
-    def require(self, action: str) -> None:
-        if self.scopes is not None and not self.scopes.allows(_STUDY, action):
-            raise FhirError.forbidden(
-                f"the access token's scopes do not allow {action} on {_STUDY}"
-            )
 
 
 def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Response:
@@ -213,19 +200,8 @@ def mount_dicomweb(
     except InvalidInputError:  # FHIR not at …/fhir: DICOMweb is still at /dicomweb beside it
         base = urlsplit(fhir_base_url)._replace(path="/dicomweb", query="", fragment="").geturl()
 
-    def caller(request: Request) -> _Caller:
-        header = request.headers.get("authorization", "")
-        token = header[7:].strip() if header.lower().startswith("bearer ") else ""
-        if not token:
-            raise AuthError("an access token is required (Authorization: Bearer <token>)")
-        try:
-            grant = tokens.resolve(token)
-        except AuthError:
-            address = session_address(token)
-            if address is None or address.lower() != repo.me.lower():
-                raise AuthError("unknown or expired access token") from None
-            return _Caller(address, None)
-        return _Caller(grant.client, grant.scopes)
+    def caller(request: Request) -> Principal:
+        return authenticate(request, tokens, session_address, repo.me)
 
     def authorize(record: bytes, purpose: Purpose) -> Access:
         try:
@@ -252,7 +228,7 @@ def mount_dicomweb(
         return row, body
 
     async def study(uid: str, request: Request, action: str) -> dict[str, Any]:
-        caller(request).require(action)
+        caller(request).require(_STUDY, action)
         purpose = _purpose(request)
         row, body = await locate(uid, purpose)
         authorize(row.record, purpose)
@@ -267,7 +243,7 @@ def mount_dicomweb(
     @router.get("/studies")
     @_handled
     async def search_studies(request: Request) -> Response:
-        caller(request).require("search")
+        caller(request).require(_STUDY, "search")
         purpose = _purpose(request)
         q = parse_qido(request.query_params.multi_items())
         query = to_query(q)
@@ -314,7 +290,7 @@ def mount_dicomweb(
     async def retrieve_instance(
         study_uid: str, series_uid: str, sop_uid: str, request: Request
     ) -> Response:
-        caller(request).require("read")
+        caller(request).require(_STUDY, "read")
         if not _accepts_dicom(request.headers.get("accept")):
             return _error(
                 406,
@@ -365,8 +341,8 @@ def mount_dicomweb(
 
     async def store(request: Request, study_uid: str | None) -> Response:
         who = caller(request)
-        who.require("create")
-        who.require("update")
+        who.require(_STUDY, "create")
+        who.require(_STUDY, "update")
         content_type = request.headers.get("content-type", "")
         if content_type.split(";")[0].strip().lower() != "multipart/related" or type_of(
             content_type

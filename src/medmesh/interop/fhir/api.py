@@ -49,7 +49,7 @@ from medmesh.interop.fhir.validation import (
 from medmesh.interop.smart import OAuthError, TokenService, smart_configuration
 from medmesh.ledger.contracts import Purpose
 
-__all__ = ["FHIR_JSON", "Principal", "mount_fhir"]
+__all__ = ["FHIR_JSON", "Principal", "authenticate", "mount_fhir"]
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +67,29 @@ class Principal:
     def require(self, type_: str, action: str) -> None:
         if self.scopes is not None and not self.scopes.allows(type_, action):
             raise FhirError.forbidden(f"the access token's scopes do not allow {action} on {type_}")
+
+
+def authenticate(
+    request: Request,
+    tokens: TokenService,
+    session_address: Callable[[str], str | None],
+    institution: str,
+) -> Principal:
+    """Who sends ``request``: the holder of a SMART access token (its scopes apply), or the
+    ``institution`` itself signed in with Ethereum (401 for anything else). Shared by every
+    API the FHIR gateway serves (FHIR, DICOMweb)."""
+    header = request.headers.get("authorization", "")
+    token = header[7:].strip() if header.lower().startswith("bearer ") else ""
+    if not token:
+        raise AuthError("an access token is required (Authorization: Bearer <token>)")
+    try:
+        grant = tokens.resolve(token)
+    except AuthError:
+        address = session_address(token)
+        if address is None or address.lower() != institution.lower():
+            raise AuthError("unknown or expired access token") from None
+        return Principal(address, None)
+    return Principal(grant.client, grant.scopes)
 
 
 def _fhir(
@@ -150,18 +173,7 @@ def mount_fhir(
     token_url = tokens.token_url
 
     def principal(request: Request) -> Principal:
-        header = request.headers.get("authorization", "")
-        token = header[7:].strip() if header.lower().startswith("bearer ") else ""
-        if not token:
-            raise AuthError("an access token is required (Authorization: Bearer <token>)")
-        try:
-            grant = tokens.resolve(token)
-        except AuthError:
-            address = session_address(token)
-            if address is None or address.lower() != repo.me.lower():
-                raise AuthError("unknown or expired access token") from None
-            return Principal(address, None)
-        return Principal(grant.client, grant.scopes)
+        return authenticate(request, tokens, session_address, repo.me)
 
     async def body_of(request: Request, limit: int = MAX_RESOURCE_BYTES) -> dict[str, Any]:
         declared = request.headers.get("content-length")
