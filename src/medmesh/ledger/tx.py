@@ -1,7 +1,10 @@
 """Transactions signed locally, sent in pipelined batches, confirmed in batches.
 
-A :class:`TxSender` owns one account's nonces: it reads the pending nonce once, then counts
-locally, so hundreds of transactions can be in flight from one client. It signs with
+A :class:`TxSender` counts one account's nonces locally, so hundreds of transactions can be in
+flight from one client. Every batch is numbered and sent under a lock on the account that
+all medmesh processes of this machine share (a gateway's access log and a command run with
+the same home sign as one account), after reading the node's pending count: a sender never
+reuses a nonce another process has just used. It signs with
 ``eth-account`` (fast with ``coincurve``), sends many raw transactions in one JSON-RPC batch and
 polls their receipts in batches too. Compared with web3.py's ``transact()`` and receipt wait,
 this removes about six requests per transaction, which is what lets one client confirm hundreds
@@ -21,10 +24,14 @@ Failures are typed and leave nothing half-done:
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Final, Protocol
 
 from eth_account import Account
@@ -124,13 +131,12 @@ class TxSender:
     # -- nonces and fees -------------------------------------------------------------------
 
     def _take_nonces(self, count: int) -> int:
+        """The first of ``count`` nonces (call with the account lock held): past both what
+        this sender has used and what the node has seen from anyone signing as the account."""
+        pending = int(self.rpc.call("eth_getTransactionCount", self.address, "pending"), 16)
         with self._lock:
-            if self._nonce is None:
-                self._nonce = int(
-                    self.rpc.call("eth_getTransactionCount", self.address, "pending"), 16
-                )
-            first = self._nonce
-            self._nonce += count
+            first = pending if self._nonce is None else max(self._nonce, pending)
+            self._nonce = first + count
             return first
 
     def resync(self) -> None:
@@ -194,18 +200,19 @@ class TxSender:
             return []
         limits = self.estimate(calls)
         fees = self._fee_fields()
-        first = self._take_nonces(len(calls))
-        raws: list[str] = []
-        for offset, (c, gas) in enumerate(zip(calls, limits, strict=True)):
-            tx = {
-                **self._fields(c),
-                "chainId": self.chain_id,
-                "nonce": first + offset,
-                "gas": gas,
-                **fees,
-            }
-            raws.append("0x" + self._signer.sign_transaction(tx).hex())
-        answers = self.rpc.batch([("eth_sendRawTransaction", [raw]) for raw in raws])
+        with _account_lock(self.chain_id, self.address):
+            first = self._take_nonces(len(calls))
+            raws: list[str] = []
+            for offset, (c, gas) in enumerate(zip(calls, limits, strict=True)):
+                tx = {
+                    **self._fields(c),
+                    "chainId": self.chain_id,
+                    "nonce": first + offset,
+                    "gas": gas,
+                    **fees,
+                }
+                raws.append("0x" + self._signer.sign_transaction(tx).hex())
+            answers = self.rpc.batch([("eth_sendRawTransaction", [raw]) for raw in raws])
         hashes: list[str] = []
         for answer in answers:
             if isinstance(answer, RpcCallError):
@@ -321,3 +328,17 @@ def _traced_reason(trace: dict[str, Any]) -> str | None:
             return reason
     node_reason = trace.get("revertReason")
     return node_reason if isinstance(node_reason, str) and node_reason else None
+
+
+@contextlib.contextmanager
+def _account_lock(chain_id: int, address: str) -> Iterator[None]:
+    """Exclusive use of ``address``'s nonces on ``chain_id`` among the processes (and
+    threads) of this machine: an advisory ``flock`` on a file in the temporary folder."""
+    folder = Path(tempfile.gettempdir()) / "medmesh-nonces"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    with open(folder / f"{chain_id}-{address.lower()}.lock", "a+b") as fp:
+        fcntl.flock(fp.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fp.fileno(), fcntl.LOCK_UN)

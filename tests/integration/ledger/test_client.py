@@ -262,3 +262,25 @@ def test_revert_reason_of_a_call_failing_after_another_in_the_same_block(net: Ne
         ledger.sender.wait(hashes, calls=[revoke, revoke])
     assert info.value.reason == "consent: no such grant"  # traced: a replay would find none
     assert str(info.value) == f"revoke reverted in {hashes[1]}: consent: no such grant"
+
+
+def test_two_senders_of_one_account_never_reuse_a_nonce(net: Net) -> None:
+    """Two processes signing as one account (a gateway's access log and a command run with
+    the same home) each count nonces locally; the shared account lock and the node's pending
+    count keep them apart. Two senders in one process stand in for the two processes."""
+    (patient,) = net.wallets(1)
+    rpc = net.rpc()
+    first, second = net.ledger(patient), net.ledger(patient)
+    assert first.sender is not None and second.sender is not None
+    assert first.sender is not second.sender
+    expiry = int(time.time()) + HOUR
+    hashes = []
+    for i in range(6):  # interleaved: each sender's local count goes stale every time
+        ledger = first if i % 2 == 0 else second
+        grantee = to_checksum_address(keccak(b"interleaved %d" % i)[:20])
+        call = ledger.consent.grant_call(grantee, Scope.all(), Purpose.TREATMENT, expiry)
+        hashes.extend(ledger.sender.send_many([call, call]))
+    receipts = first.sender.wait(hashes)
+    assert [r.status for r in receipts] == [1] * 12
+    txs = rpc.batch([("eth_getTransactionByHash", [h]) for h in hashes])
+    assert sorted(int(t["nonce"], 16) for t in txs) == list(range(12))
