@@ -9,7 +9,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -23,6 +23,7 @@ from rich.progress import (
 )
 
 from medmesh.config import ENV_PASSPHRASE, Home
+from medmesh.consent.daemon import DEFAULT_GATEWAY_PORT
 from medmesh.errors import ConfigError, KeystoreError, MedmeshError
 from medmesh.identity import Wallet, load_wallet, save_wallet
 from medmesh.storage.backends import open_store
@@ -31,6 +32,18 @@ from medmesh.storage.uploader import StoreParams
 
 console = Console(stderr=True)
 out = Console()
+
+#: The FHIR gateway a command talks to (``medmesh fhir``, ``medmesh dicom``).
+DEFAULT_FHIR = f"http://127.0.0.1:{DEFAULT_GATEWAY_PORT}/fhir"
+FhirOption = Annotated[
+    str,
+    typer.Option(
+        "--fhir",
+        envvar="MEDMESH_FHIR_URL",
+        help="FHIR base URL of this home's gateway (`medmesh gateway run --fhir`); DICOMweb "
+        "is beside it at /dicomweb.",
+    ),
+]
 
 #: Show a progress bar for transfers above this size.
 PROGRESS_THRESHOLD = 4 * 1024 * 1024

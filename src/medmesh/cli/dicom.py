@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Final
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
@@ -18,8 +18,16 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from medmesh.cli.common import console, errors, open_wallet, out, print_json, state
-from medmesh.consent.daemon import DEFAULT_GATEWAY_PORT
+from medmesh.cli.common import (
+    DEFAULT_FHIR,
+    FhirOption,
+    console,
+    errors,
+    open_wallet,
+    out,
+    print_json,
+    state,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -28,18 +36,6 @@ app = typer.Typer(
     help="Import DICOM studies as records, export them (de-identified if asked), de-identify files.",
     no_args_is_help=True,
 )
-
-DEFAULT_FHIR: Final = f"http://127.0.0.1:{DEFAULT_GATEWAY_PORT}/fhir"
-
-FhirOption = Annotated[
-    str,
-    typer.Option(
-        "--fhir",
-        envvar="MEDMESH_FHIR_URL",
-        help="FHIR base URL of your gateway (`medmesh gateway run --fhir`); DICOMweb is "
-        "beside it at /dicomweb.",
-    ),
-]
 
 
 def _problem(word: str, where: object, reason: str) -> None:

@@ -11,15 +11,23 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 from rich.table import Table
 
-from medmesh.cli.common import console, errors, fail, open_wallet, out, print_json, state
-from medmesh.consent.daemon import DEFAULT_GATEWAY_PORT
+from medmesh.cli.common import (
+    DEFAULT_FHIR,
+    FhirOption,
+    console,
+    errors,
+    fail,
+    open_wallet,
+    out,
+    print_json,
+    state,
+)
 from medmesh.errors import InvalidInputError
 
 app = typer.Typer(
     help="FHIR R4: import a provider's export into your gateway.", no_args_is_help=True
 )
 
-DEFAULT_FHIR: Final = f"http://127.0.0.1:{DEFAULT_GATEWAY_PORT}/fhir"
 RETRIES: Final = 3
 
 
@@ -55,14 +63,7 @@ def import_(
             "Bundles (transaction, batch, collection, searchset).",
         ),
     ],
-    fhir: Annotated[
-        str,
-        typer.Option(
-            "--fhir",
-            envvar="MEDMESH_FHIR_URL",
-            help="FHIR base URL of this home's gateway (`medmesh gateway run --fhir`).",
-        ),
-    ] = DEFAULT_FHIR,
+    fhir: FhirOption = DEFAULT_FHIR,
     chunk: Annotated[int, typer.Option(help="Resources per batch request.", min=1)] = 500,
     accounts: Annotated[
         Path | None,

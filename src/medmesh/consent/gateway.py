@@ -188,21 +188,6 @@ class Gateway:
         (allowed,) = abi_decode(["bool"], bytes.fromhex(raw[2:]))
         return bool(allowed), int(head, 16)
 
-    def _decide_many(
-        self, requester: str, records: list[bytes], purpose: Purpose
-    ) -> tuple[list[bool], int]:
-        """:meth:`_decide` for many records in one JSON-RPC batch (search results)."""
-        calls = [
-            ("eth_blockNumber", []),
-            *(self._has_access_call(requester, r, purpose) for r in records),
-        ]
-        answers = self.ledger.rpc.batch(calls)
-        for answer in answers:
-            if isinstance(answer, RpcCallError):
-                raise answer.to_exception()
-        allowed = [bool(abi_decode(["bool"], bytes.fromhex(a[2:]))[0]) for a in answers[1:]]
-        return allowed, int(answers[0], 16)
-
     def _find_record(self, record: bytes) -> tuple[str, bytes, Cid]:
         row = self.indexer.record(record)
         if row is not None:
@@ -256,20 +241,16 @@ class Gateway:
         self, requester: str, records: list[bytes], purpose: Purpose
     ) -> list[Access | None]:
         """:meth:`authorize` for many records with one round trip to the chain: an
-        :class:`Access` for each allowed record, None for each refused one (both logged)."""
-        if not records:
-            return []
-        located = [self._locate(r) for r in records]
-        allowed, block = self._decide_many(requester, records, purpose)
+        :class:`Access` for each allowed record, None for each refused one (both logged);
+        any other failure (an unknown record, the ledger away) raises."""
         out: list[Access | None] = []
-        now = int(time.time())
-        for record, (patient, kind, cid), ok in zip(records, located, allowed, strict=True):
-            if ok:
-                self.log.allowed(Entry(patient, requester, record, purpose, now))
-                out.append(Access(requester, record, patient, kind, cid, purpose, block))
-            else:
-                self.log.refused(requester, record, int(purpose), ConsentError.code)
+        for result in self.authorize_each([(requester, r, purpose) for r in records]):
+            if isinstance(result, ConsentError):
                 out.append(None)
+            elif isinstance(result, MedmeshError):
+                raise result
+            else:
+                out.append(result)
         return out
 
     def authorize_each(self, asks: list[tuple[str, bytes, Purpose]]) -> list[Access | MedmeshError]:
