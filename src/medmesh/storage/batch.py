@@ -11,8 +11,8 @@ stores them in chunks of at most ``params.batch_objects`` objects and
     worker thread   pulls the next chunk from the caller's iterator (where sealing runs)
                     and, per object, cuts leaves, encodes its stripes and builds its DAG
                     and manifest, while the previous chunk uploads
-    event loop      places every stripe as ``upload`` does (rendezvous hashing, a random
-                    salt per object); sends each node ONE signed CAR with its shares of
+    event loop      places every stripe as ``upload`` does (rendezvous hashing, keyed by
+                    each object's CID: ``placement.content_key``); sends each node ONE signed CAR with its shares of
                     every object of the chunk plus those objects' DAG interior nodes and
                     manifests; once every CAR is acknowledged, ONE signed
                     ``POST /objects/batch`` per node indexes every object it holds shares of
@@ -47,7 +47,6 @@ stored stay there unindexed, as after a failed ``upload``. Objects bigger than
 from __future__ import annotations
 
 import asyncio
-import os
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -58,7 +57,7 @@ from medmesh.storage.block import Block
 from medmesh.storage.cid import Cid
 from medmesh.storage.importer import DagBuilder
 from medmesh.storage.manifest import Manifest, encode_manifest
-from medmesh.storage.placement import place_stripe
+from medmesh.storage.placement import content_key, place_stripe
 from medmesh.storage.stripes import EncodedStripe, encode_stripe_group
 from medmesh.storage.transport import NodeClient
 from medmesh.storage.uploader import PutReceipt, StoreParams, _leaves, settle, upload
@@ -82,7 +81,7 @@ class _Object:
     meta: list[Block]  # DAG interior nodes, then the manifest blocks (root last)
     leaves: list[tuple[Cid, int]]
     stripes: list[EncodedStripe]
-    salt: bytes = field(default_factory=lambda: os.urandom(16))
+    salt: bytes  # the placement key: content_key of the root (the CID is known first)
     # stripe -> share index -> node id, for shares acknowledged
     acked: dict[int, dict[int, str]] = field(default_factory=lambda: defaultdict(dict))
     # stripe -> node ids holding or about to hold one of its shares
@@ -117,7 +116,14 @@ def encode_object(index: int, data: bytes, params: StoreParams) -> _Object:
     )
     manifest_cid, manifest_blocks = encode_manifest(manifest)
     return _Object(
-        index, root, manifest_cid, manifest, dag_blocks + manifest_blocks, leaf_list, stripes
+        index,
+        root,
+        manifest_cid,
+        manifest,
+        dag_blocks + manifest_blocks,
+        leaf_list,
+        stripes,
+        content_key(root.multihash),
     )
 
 

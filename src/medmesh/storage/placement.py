@@ -5,7 +5,9 @@ scores compared as 256-bit big-endian numbers); a key's nodes are ranked by scor
 first. The shares of stripe ``s`` of an object go to the first ``n`` eligible nodes in the
 ranking for ``stripe_key(object_key, s) = object_key || s`` (``s`` as u64 big-endian): share
 ``i`` to element ``i``. Everyone who knows the registered node list computes the same placement,
-with no coordination and no state.
+with no coordination and no state. ``object_key`` is random for a streamed upload and
+:func:`content_key` of the CID where the CID is known first (batches, one-leaf objects), so
+readers of small objects know which node to ask first.
 
 What stays put when the node list changes
 -----------------------------------------
@@ -39,7 +41,7 @@ from blake3 import blake3
 
 from medmesh.errors import InvalidInputError, StorageError
 
-__all__ = ["node_score", "place_stripe", "rank_nodes", "stripe_key"]
+__all__ = ["content_key", "node_score", "place_stripe", "rank_nodes", "stripe_key"]
 
 _SEP: Final = b"\x00"
 _U64: Final = 1 << 64
@@ -83,6 +85,17 @@ def rank_nodes(key: bytes, nodes: Sequence[str]) -> list[str]:
     scored = {node: blake3(prefix + _node_bytes(node)).digest() for node in nodes}
     # Sort ascending by node id first, then stably by score descending: ties keep id order.
     return sorted(sorted(scored), key=scored.__getitem__, reverse=True)
+
+
+def content_key(root_multihash: bytes) -> bytes:
+    """The object key of an object whose CID is known before its shares are placed: its
+    multihash, tagged. Batches (:func:`medmesh.storage.batch.upload_many`) and one-leaf
+    uploads use it, so a reader of a one-block object can ask the node that ranks first for
+    ``stripe_key(content_key(mh), 0)`` for its data share before asking anyone else. Other
+    uploads, whose CID is known only at the end, use a random key; placement is correct with
+    any key, the reader then just asks everyone.
+    """
+    return b"medmesh-content:" + _check_key(root_multihash)
 
 
 def stripe_key(object_key: bytes, stripe_index: int) -> bytes:

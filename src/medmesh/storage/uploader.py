@@ -37,7 +37,7 @@ from medmesh.storage.cid import Cid
 from medmesh.storage.erasure import ErasureParams
 from medmesh.storage.importer import DagBuilder, ImportParams
 from medmesh.storage.manifest import Manifest, encode_manifest
-from medmesh.storage.placement import place_stripe
+from medmesh.storage.placement import content_key, place_stripe
 from medmesh.storage.repair import location_from_acked, repair_location
 from medmesh.storage.stripes import EncodedStripe, encode_stripe_group
 from medmesh.storage.transport import NodeClient
@@ -248,6 +248,11 @@ async def upload(
                 raise item
             assert isinstance(item, Future)
             group_out: list[EncodedStripe] = await asyncio.wrap_future(item)
+            first_leaves = list(group_out[0].leaves) if len(group_out) == 1 else []
+            if not stripes and len(first_leaves) == 1:
+                # The object may be one leaf (a group that short is the last): its CID is
+                # that leaf's, known before placement, so readers know whom to ask first.
+                state.salt = content_key(first_leaves[0][0].multihash)
             for st in group_out:
                 for cid, size in st.leaves:
                     dag_blocks.extend(dag.add_leaf(cid, size))

@@ -15,6 +15,7 @@ from medmesh.storage.backends.network import NetworkStore
 from medmesh.storage.cid import Cid
 from medmesh.storage.client import Client
 from medmesh.storage.importer import import_bytes
+from medmesh.storage.placement import content_key, rank_nodes, stripe_key
 from medmesh.storage.uploader import StoreParams
 from tests.harness import Fault, LocalCluster, random_bytes
 
@@ -290,3 +291,47 @@ def test_one_block_objects_come_straight_from_their_holder(
 
     assert asyncio.run(get()) == sealed
     assert cluster.nodes[holder].url in store.last_bad_nodes
+
+
+def test_small_objects_are_read_from_the_node_ranked_first(
+    cluster: LocalCluster, wallet: Wallet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Prepare: one-block objects stored by put (one leaf) and by put_many (a batch); both
+    # place by content, so the node ranked first for the CID holds the data share
+    client = client_for(cluster, wallet)
+    key = wallet.encryption_public_key
+    cids = [client.put(random_bytes(900, seed=s)).cid for s in range(4)]
+    cids += [r.cid for r in client.put_many([(random_bytes(700, seed=s), [key]) for s in range(8)])]
+    ids = {n.service.node_id: i for i, n in enumerate(cluster.nodes)}
+    import medmesh.storage.transport as transport
+
+    asked: list[str] = []
+    real_get_block = transport.NodeClient.get_block
+
+    async def counting(self: transport.NodeClient, cid: Cid) -> bytes:
+        asked.append(self.url)
+        return await real_get_block(self, cid)
+
+    monkeypatch.setattr(transport.NodeClient, "get_block", counting)
+    for cid in cids:
+        first = rank_nodes(stripe_key(content_key(cid.multihash), 0), list(ids))[0]
+        assert cluster.holds(ids[first], cid)
+        asked.clear()
+
+        # Execute
+        sealed = sealed_bytes(cluster, wallet, cid)
+
+        # Assert: one block request, to that node, and the bytes are the object
+        assert asked == [cluster.nodes[ids[first]].url]
+        assert Cid.of(sealed) == cid
+
+
+def test_a_small_object_elsewhere_is_still_found(cluster: LocalCluster, wallet: Wallet) -> None:
+    # the node ranked first lost its copy (or the object was placed with another node list)
+    client = client_for(cluster, wallet)
+    cid = client.put(random_bytes(800, seed=5)).cid
+    ids = {n.service.node_id: i for i, n in enumerate(cluster.nodes)}
+    first = ids[rank_nodes(stripe_key(content_key(cid.multihash), 0), list(ids))[0]]
+    assert cluster.nodes[first].service.store.delete(cid)
+
+    assert Cid.of(sealed_bytes(cluster, wallet, cid)) == cid

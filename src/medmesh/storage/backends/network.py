@@ -7,6 +7,7 @@ on-chain registry); more holders are found through the DHT at read time.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 from collections import defaultdict
 from collections.abc import AsyncIterator, Iterable, Sequence
@@ -28,6 +29,7 @@ from medmesh.storage.downloader import stream_leaves
 from medmesh.storage.fetcher import StripeFetcher
 from medmesh.storage.locate import DHT_TIMEOUT, Location, locate
 from medmesh.storage.merkle import segment_count, verify_proof
+from medmesh.storage.placement import content_key, rank_nodes, stripe_key
 from medmesh.storage.repair import repair_location
 from medmesh.storage.transport import NodeClient, open_session
 from medmesh.storage.uploader import PutReceipt, StoreParams, upload
@@ -122,13 +124,30 @@ class NetworkStore(ObjectStore):
             self.last_bad_nodes = bad
 
     async def _one_block(self, cid: Cid) -> bytes | None:
-        """A one-block object straight from whichever known node holds its data share (one
-        request per node, at once; the first block that verifies against ``cid`` wins), or
-        None: then the full locate path (manifest, holders, DHT) takes over."""
+        """A one-block object straight from a node holding its data share, or None: then
+        the full locate path (manifest, holders, DHT) takes over.
+
+        The node that ranks first for the object's content key is asked alone first: where
+        the object was stored with the same node list (batches and one-leaf uploads place by
+        content, :func:`~medmesh.storage.placement.content_key`), it holds the data share,
+        and one request does. Otherwise every other live node is asked at once and the first
+        block that verifies against ``cid`` wins.
+        """
         nodes = [n for n in self._clients() if n.stats.alive]
         if not nodes:
             return None
-        tasks = [asyncio.create_task(n.get_block(cid)) for n in nodes]
+        if any(n.node_id is None for n in nodes):
+            await asyncio.gather(
+                *(n.info() for n in nodes if n.node_id is None), return_exceptions=True
+            )
+        ids = {n.node_id: n for n in nodes if n.node_id is not None}
+        rest = nodes
+        if ids:
+            first = ids[rank_nodes(stripe_key(content_key(cid.multihash), 0), list(ids))[0]]
+            with contextlib.suppress(MedmeshError):  # not there, unreachable, bad block
+                return await first.get_block(cid)
+            rest = [n for n in nodes if n is not first and n.stats.alive]
+        tasks = [asyncio.create_task(n.get_block(cid)) for n in rest]
         try:
             for done in asyncio.as_completed(tasks):
                 try:
