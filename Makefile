@@ -13,10 +13,16 @@ NODES  ?= 5
 .PHONY: up down status test lint typecheck bench venv clean
 
 ANVIL  := node_modules/.bin/anvil
+# Debian's chromium for the portal's browser tests (Playwright drives it; it never downloads one)
+CHROMIUM := /usr/bin/chromium
+SUDO   := $(if $(filter 0,$(shell id -u)),,sudo)
 
 $(ANVIL): package.json package-lock.json
 	npm ci --ignore-scripts --no-audit --no-fund
 	touch $(ANVIL)
+
+$(CHROMIUM):
+	$(SUDO) sh -c 'apt-get install -y -q chromium || (apt-get update -q && apt-get install -y -q chromium)'
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -40,7 +46,7 @@ status: $(STAMP)
 	-$(BIN)/medmesh --home $(HOME_DIR) gateway status
 	$(BIN)/medmesh --home $(HOME_DIR) devnet status
 
-test: $(STAMP) $(ANVIL)
+test: $(STAMP) $(ANVIL) $(CHROMIUM)
 	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy
 	$(BIN)/python -m pytest
