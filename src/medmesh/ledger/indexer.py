@@ -633,6 +633,25 @@ class Indexer:
             }
         return changed
 
+    def patients_expiring(self, grantee: str, after: float, until: float) -> set[str]:
+        """Patients with a current grant to ``grantee`` that expires in ``(after, until]``
+        (seconds since the epoch): the expiries a cache of what ``grantee`` may read must
+        follow, since an expiry emits no event."""
+        if until <= after:
+            return set()
+        grantee = checksum(grantee)
+        with self.engine.connect() as conn:
+            return {
+                r[0]
+                for r in conn.execute(
+                    sa.select(grants_t.c.patient).where(
+                        grants_t.c.grantee == grantee,
+                        grants_t.c.expiry > int(after),
+                        grants_t.c.expiry <= int(until),
+                    )
+                )
+            }
+
     def capsule_ref(self, patient: str, grantee: str, scope: bytes) -> bytes | None:
         """The capsule digest referenced by the current grant, if any."""
         with self.engine.connect() as conn:

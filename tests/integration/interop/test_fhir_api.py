@@ -523,3 +523,47 @@ def test_a_grant_brings_the_patients_own_records_into_the_index(world: World, to
         f"{world.url}/Observation", params={"patient": "own-patient"}, headers=_h(token), timeout=10
     )
     assert [e["resource"]["id"] for e in found.json()["entry"]] == ["own-obs"]
+
+
+def test_an_expired_grant_leaves_the_index_within_seconds(world: World, token: str) -> None:
+    """An expiry emits no event: the index follows grants whose time ran out at each sync,
+    not only at the (rare) full sweep, which is pushed out of reach here."""
+    # Prepare: a patient who lets the hospital treat and write for ~8 s
+    brief = Wallet.create()
+    with Rpc(world.rpc_url) as rpc:
+        rpc.call("anvil_setBalance", brief.address, hex(10**21))
+        now = int(rpc.call("eth_getBlockByNumber", "latest", False)["timestamp"], 16)
+    ledger = Ledger(world.rpc_url, world.book, signer=brief)  # type: ignore[arg-type]
+    ledger.registry.register(brief.encryption_public_key.to_bytes(), "")
+    expiry = max(now, int(time.time())) + 8
+    ledger.consent.grant(
+        world.hospital.address, Scope.all(), Purpose.TREATMENT | Purpose.CONTRIBUTE, expiry
+    )
+    repo = world.service.repo
+    sweep = repo.full_reconcile_s
+    repo.full_reconcile_s = 3600.0
+    try:
+        r = requests.post(
+            f"{world.url}/Patient", json=_patient(world, brief, "Brief"), headers=_h(token),
+            timeout=30,
+        )  # fmt: skip
+        assert r.status_code == 201, r.text
+        assert world.service.index.records_of(brief.address) != []
+
+        # Execute: the grant's time runs out, on the chain too (its blocks carry the time)
+        with Rpc(world.rpc_url) as rpc:
+            while (
+                time.time() < expiry + 0.5
+                or int(rpc.call("eth_getBlockByNumber", "latest", False)["timestamp"], 16) <= expiry
+            ):
+                time.sleep(0.2)
+
+        # Assert: the index lets go of the patient within a few syncs
+        deadline = time.monotonic() + 5
+        while world.service.index.records_of(brief.address) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert world.service.index.records_of(brief.address) == []
+        read = requests.get(f"{world.url}/Patient/{r.json()['id']}", headers=_h(token), timeout=10)
+        assert read.status_code == 403
+    finally:
+        repo.full_reconcile_s = sweep

@@ -63,7 +63,10 @@ from medmesh.storage.cid import Cid
 __all__ = ["ACCOUNT_SYSTEM", "FhirRepository", "Saved", "kind_of"]
 
 ACCOUNT_SYSTEM: Final = "urn:ietf:rfc:3986"  # identifier value: did:pkh:eip155:<chain>:<address>
-FULL_RECONCILE_S: Final = 60.0
+#: A full sweep of every patient's records (a safety net: retries records that could not be
+#: opened). Grants, revocations, new records, erasures and expiries are followed incrementally
+#: every sync; a sweep of 10,000 records holds the GIL for about a second, so it is rare.
+FULL_RECONCILE_S: Final = 600.0
 
 
 def kind_of(resource_type: str) -> str:
@@ -129,6 +132,7 @@ class FhirRepository:
         index: FhirIndex,
         *,
         clock: Callable[[], float] = time.time,
+        full_reconcile_s: float = FULL_RECONCILE_S,
     ) -> None:
         self.keeper = keeper
         self.gateway = gateway
@@ -139,7 +143,9 @@ class FhirRepository:
         # one writer at a time: writes share the keeper's storage client and the wallet's
         # nonces (DICOMweb's STOW takes it too)
         self.write_lock = threading.Lock()
+        self.full_reconcile_s = full_reconcile_s
         self._last_full = 0.0
+        self._expiries_seen = 0.0  # grants expiring up to this time have been followed
 
     @property
     def ledger(self) -> Ledger:
@@ -500,12 +506,15 @@ class FhirRepository:
             head = indexer.indexed_block() or 0
             since = int(self.index.get_meta("ledger_block") or -1)
             now = self._clock()
-            if now - self._last_full >= FULL_RECONCILE_S or since < 0:
+            if now - self._last_full >= self.full_reconcile_s or since < 0:
                 patients = {g.patient for g in indexer.grants(grantee=self.me)} | {self.me}
                 patients |= set(self.index.patients())
                 self._last_full = now
             else:
                 patients = indexer.patients_changed(self.me, since)
+                # an expiry is no event: follow the grants whose time ran out since last sync
+                patients |= indexer.patients_expiring(self.me, self._expiries_seen, now)
+            self._expiries_seen = now
             changed = 0
             for patient in sorted(patients):
                 changed += await self._reconcile(patient, now)
