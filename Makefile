@@ -1,5 +1,5 @@
 # medmesh — two commands do all set-up on a fresh machine:
-#   make up     start the local network (chain, storage nodes, gateway under $(HOME_DIR))
+#   make up     run the local network (chain, storage nodes, gateway under $(HOME_DIR)) until Ctrl-C
 #   make test   run the test suite
 # Both create .venv from pyproject.toml + requirements.lock on first use.
 
@@ -31,10 +31,9 @@ $(STAMP): pyproject.toml requirements.lock
 
 venv: $(STAMP)
 
+# in the foreground until Ctrl-C, which stops what it started (`medmesh up --help`)
 up: $(STAMP) $(ANVIL)
-	$(BIN)/medmesh --home $(HOME_DIR) chain up
-	$(BIN)/medmesh --home $(HOME_DIR) devnet up --nodes $(NODES)
-	$(BIN)/medmesh --home $(HOME_DIR) gateway up
+	$(BIN)/medmesh --home $(HOME_DIR) up --nodes $(NODES)
 
 down: $(STAMP)
 	-$(BIN)/medmesh --home $(HOME_DIR) gateway down

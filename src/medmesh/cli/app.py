@@ -21,6 +21,7 @@ from medmesh.cli import (
     records,
     storage,
     synth,
+    up,
     wallet,
 )
 from medmesh.cli.common import State
@@ -74,6 +75,7 @@ app.add_typer(dicom.app, name="dicom")
 app.add_typer(fhir.app, name="fhir")
 app.command("audit")(audit.audit)
 app.command("synth")(synth.synth)
+app.command("up", help=up.HELP)(up.up)
 
 
 def main() -> None:
