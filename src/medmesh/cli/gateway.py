@@ -42,7 +42,8 @@ def run(
     ] = False,
 ) -> None:
     """Serve consent-checked ciphertext and key capsules (sign in with Ethereum), in the
-    foreground; `gateway up` runs it in the background. With --fhir, also the FHIR R4 API."""
+    foreground; `gateway up` runs it in the background. With --fhir, also the FHIR R4 API.
+    The web portal is served under /portal/."""
     import threading
 
     import uvicorn
@@ -85,6 +86,10 @@ def run(
         console.print(f"FHIR R4 API on http://{domain}/fhir, acting for {wallet.address}")
     else:
         application = create_app(gateway)
+    from medmesh.portal import Portal, mount_portal
+
+    mount_portal(application, Portal(gateway, home))
+    console.print(f"web portal on http://{domain}/portal/")
     try:
         uvicorn.run(application, host=host, port=port, log_level="warning")
     finally:
