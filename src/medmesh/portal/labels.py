@@ -21,6 +21,7 @@ __all__ = [
 KNOWN_KINDS: Final[tuple[str, ...]] = (
     *(f"fhir:{t}" for t in SUPPORTED_TYPES),
     "dicom:study",
+    "dicom:instance",
     "document",
 )
 _BY_TAG: Final = {kind_tag(k): k for k in KNOWN_KINDS}
@@ -43,7 +44,11 @@ def kind_label(tag: bytes) -> str:
     name = kind_name(tag)
     if name.startswith("fhir:"):
         return name[5:]
-    return {"dicom:study": "DICOM study", "document": "Document"}.get(name, name)
+    return {
+        "dicom:study": "DICOM study",
+        "dicom:instance": "DICOM image",
+        "document": "Document",
+    }.get(name, name)
 
 
 def scope_label(word: bytes, records: dict[bytes, str] | None = None) -> str:

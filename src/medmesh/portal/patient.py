@@ -15,6 +15,7 @@ from typing import Any, Final
 
 from medmesh.consent.sharing import GrantResult, NewRecord
 from medmesh.errors import InvalidInputError, MedmeshError, NotFoundError
+from medmesh.interop.dicom.study import RECORD_KIND as DICOM_KIND
 from medmesh.interop.fhir.outcome import FhirError, Issue
 from medmesh.interop.fhir.types import SUPPORTED_TYPES
 from medmesh.interop.fhir.validation import (
@@ -302,6 +303,27 @@ def revoke(portal: Portal, session: PortalSession, *, grantee: str, scope: str) 
     return tx
 
 
+def _checked_dicom(data: bytes) -> bytes:
+    """``data`` if it is a whole DICOM instance (the checks of ``medmesh dicom import``:
+    readable header, the UIDs an instance needs, no truncated element), else
+    :class:`InvalidInputError` with a fixed message (nothing of the file is echoed)."""
+    import tempfile
+
+    from medmesh.interop.dicom.files import check
+
+    with tempfile.NamedTemporaryFile(suffix=".dcm") as tmp:
+        tmp.write(data)
+        tmp.flush()
+        try:
+            check(tmp.name)
+        except MedmeshError:
+            raise InvalidInputError(
+                "This file is named or marked as DICOM but is not a whole, valid DICOM "
+                "instance (unreadable, missing its identifiers, or truncated). Nothing was stored."
+            ) from None
+    return data
+
+
 def parse_upload(data: bytes, filename: str = "") -> list[tuple[bytes, str]]:
     """What an upload becomes: ``(record bytes, kind)`` pairs. JSON with a ``resourceType``
     is FHIR and must be valid (a Bundle: every entry's resource), anything else a file.
@@ -310,6 +332,8 @@ def parse_upload(data: bytes, filename: str = "") -> list[tuple[bytes, str]]:
         raise InvalidInputError("choose a file to upload")
     if len(data) > MAX_UPLOAD:
         raise InvalidInputError(f"the file is larger than {MAX_UPLOAD // (1024 * 1024)} MB")
+    if filename.lower().endswith((".dcm", ".dicom")) or data[128:132] == b"DICM":
+        return [(_checked_dicom(data), DICOM_KIND)]
     looks_json = filename.lower().endswith(".json") or data.lstrip()[:1] in (b"{", b"[")
     if not looks_json:
         return [(data, "document")]

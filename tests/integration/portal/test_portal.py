@@ -24,6 +24,7 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
+from pydicom.data import get_testdata_file
 
 from medmesh.config import Home
 from medmesh.consent.access_log import AccessLog
@@ -38,6 +39,7 @@ from medmesh.portal import Portal, mount_portal
 from medmesh.portal.auth import COOKIE
 from medmesh.portal.labels import kind_label, kind_name
 from medmesh.storage.backends import open_store
+from medmesh.storage.cid import Cid
 from medmesh.storage.uploader import StoreParams
 from tests.integration.test_cli import PASS, medmesh
 
@@ -59,6 +61,7 @@ class World:
     passphrase: str
     indexer: Indexer
     skew: list[float]  # added to the portal's clock
+    gateway: Gateway
 
     def client(self) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=60)
@@ -126,7 +129,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         deadline = time.monotonic() + 10
         while not server.started and time.monotonic() < deadline:
             time.sleep(0.05)
-        yield World(home, f"http://{domain}", people, population["passphrase"], indexer, skew)
+        yield World(
+            home, f"http://{domain}", people, population["passphrase"], indexer, skew, gateway
+        )
     finally:
         stop.set()
         if server is not None and thread is not None:
@@ -345,6 +350,19 @@ def test_uploads_store_valid_fhir_and_refuse_invalid(world: World) -> None:
         assert len(world.indexer.records(patient)) == before + 1
         page = c.get("/portal/patient")
         assert "Heart rate" in page.text and "72 /min" in page.text
+        # DICOM: a truncated instance is refused and stores nothing; a whole one is an image
+        whole = Path(get_testdata_file("CT_small.dcm")).read_bytes()
+        cut = c.post("/portal/patient/upload", data={"csrf": csrf},
+                     files={"file": ("ct.dcm", whole[: len(whole) // 2], "application/dicom")})  # fmt: skip
+        assert cut.status_code == 400 and "Nothing was stored" in cut.text
+        world.indexer.sync()
+        assert len(world.indexer.records(patient)) == before + 1
+        image = c.post("/portal/patient/upload", data={"csrf": csrf},
+                       files={"file": ("ct.dcm", whole, "application/dicom")})  # fmt: skip
+        assert image.status_code == 200 and 'data-testid="upload-stored"' in image.text
+        assert len(world.indexer.records(patient)) == before + 2
+        page = c.get("/portal/patient")
+        assert page.status_code == 200 and 'data-kind="dicom:instance"' in page.text
 
 
 def test_provider_adds_a_record_only_with_contribute_consent(world: World) -> None:
@@ -382,3 +400,12 @@ def test_network_page_shows_nodes_chain_events_and_a_stopped_node(world: World) 
         page = c.get("/portal/network")
     down = re.findall(r'data-url="([^"]+)" data-state="down"', page.text)
     assert down == [nodes[-1].url]
+    # records still open from the k shares left (nothing served from the gateway's cache)
+    patient = world.address("patient-001")
+    for row in world.indexer.records(patient):
+        world.gateway.cache.discard(Cid.from_bytes(row.cid))
+    with closing(world.sign_in("patient-001")) as c:
+        timeline = c.get("/portal/patient")
+    assert timeline.status_code == 200
+    assert len(rows(timeline.text, "record-row")) == len(world.indexer.records(patient)) > 0
+    assert "could not be opened" not in timeline.text

@@ -62,3 +62,21 @@ def test_other_files_are_documents_and_empty_ones_are_refused() -> None:
     assert parse_upload(b"%PDF-1.7 ...", "letter.pdf") == [(b"%PDF-1.7 ...", "document")]
     with pytest.raises(InvalidInputError):
         parse_upload(b"", "empty.txt")
+
+
+def test_a_dicom_instance_is_stored_as_an_image_and_a_broken_one_refused() -> None:
+    from pathlib import Path
+
+    from pydicom.data import get_testdata_file
+
+    whole = Path(get_testdata_file("CT_small.dcm")).read_bytes()
+    assert parse_upload(whole, "ct.dcm") == [(whole, "dicom:instance")]
+    assert parse_upload(whole, "no-extension") == [(whole, "dicom:instance")]  # the DICM mark
+    for bad, name in (
+        (whole[: len(whole) // 2], "ct.dcm"),  # truncated in the pixel data
+        (whole[:200], "scan"),  # marked DICM, nothing after the file meta
+        (b"just some text\n" * 20, "scan.dcm"),  # named as DICOM, is not
+    ):
+        with pytest.raises(InvalidInputError) as info:
+            parse_upload(bad, name)
+        assert "not a whole, valid DICOM instance" in info.value.message
