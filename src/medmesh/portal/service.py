@@ -80,16 +80,21 @@ class Portal:
         self.indexer: Indexer = gateway.indexer
         self.clock = clock
         self.sessions = PortalSessions(gateway.sessions, gateway.uri, clock=clock)
-        self._users: list[DemoUser] | None = None
+        self._users: tuple[float | None, list[DemoUser]] = (None, [])
 
     # -- who is who ---------------------------------------------------------------------------
 
     @property
     def demo_users(self) -> list[DemoUser]:
-        """The local demo population (empty outside local mode); read once."""
-        if self._users is None:
-            self._users = load_demo_users(self.home.path)
-        return self._users
+        """The local demo population (empty outside local mode), read again whenever its file
+        changes: `medmesh up` seeds it after the gateway has started."""
+        try:
+            stamp: float | None = (self.home.path / "synth" / "population.json").stat().st_mtime
+        except OSError:
+            stamp = None
+        if stamp != self._users[0]:
+            self._users = (stamp, load_demo_users(self.home.path) if stamp is not None else [])
+        return self._users[1]
 
     def demo_user(self, name: str) -> DemoUser | None:
         return next((u for u in self.demo_users if u.name == name), None)

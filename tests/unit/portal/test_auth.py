@@ -4,6 +4,7 @@ wrong passphrases and stale sessions are refused."""
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -135,3 +136,21 @@ def test_demo_users_come_from_the_population_file(tmp_path: Path) -> None:
         "patient",
         Path("/h/p1/wallet.json"),
     )
+
+
+def test_demo_users_appear_once_the_population_is_written(tmp_path: Path) -> None:
+    """`medmesh up` starts the gateway before it seeds the demo world."""
+    from types import SimpleNamespace
+
+    from medmesh.portal.service import Portal
+
+    gateway = SimpleNamespace(
+        indexer=None, sessions=Sessions("127.0.0.1:7700", 31337), uri="http://127.0.0.1:7700"
+    )  # what the demo users need of a gateway: nothing
+    portal = Portal(gateway, tmp_path)  # type: ignore[arg-type]
+    assert portal.demo_users == []
+    (tmp_path / "synth").mkdir()
+    who = {"name": "patient-001", "role": "patient", "address": "0x" + "11" * 20,
+           "home": str(tmp_path / "synth" / "patient-001")}  # fmt: skip
+    (tmp_path / "synth" / "population.json").write_text(json.dumps({"participants": [who]}))
+    assert [u.name for u in portal.demo_users] == ["patient-001"]
