@@ -44,8 +44,14 @@ def chromium_path() -> str:
     )
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
+    """One browser per module, and Playwright stopped when the module ends.
+
+    Playwright's sync API keeps an event loop running in this thread while it is started; any
+    later test calling ``asyncio.run`` would fail ("cannot be called from a running event
+    loop"), so it must not outlive the browser tests (the suite runs e2e first, by name).
+    """
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
