@@ -8,13 +8,18 @@ is saved as a screenshot (``build/e2e/<test>/``).
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import time
 from typing import Any
 
 import pytest
 
+from medmesh.devnet import Devnet
+from medmesh.portal.volume import VolumeLog
 from tests.e2e.conftest import Artifacts, Network
+from tests.integration.test_cli import medmesh
 
 pytestmark = pytest.mark.slow
 
@@ -164,4 +169,58 @@ def test_keyboard_only_sign_in_and_phone_layout(
             "document.documentElement.scrollWidth - document.documentElement.clientWidth"
         )
         assert overflow <= 1, f"/portal/{path} scrolls sideways by {overflow} px on a phone"
+    context.close()
+
+
+def test_open_network_page_shows_a_node_and_then_the_gateway_going_down(
+    browser: Any, network: Network, artifacts: Artifacts
+) -> None:
+    """With the network page open (and a patient's page in another tab), a storage node is
+    stopped and then the gateway is killed: without a reload, the page shows the node down,
+    then the gateway down with a banner on both tabs; when the gateway is started again the
+    banner goes away. Last in this module: it stops parts of the shared network."""
+    context = browser.new_context()
+    page = context.new_page()
+    sign_in(page, network, "patient-001", artifacts)
+    other = context.new_page()
+    other.goto(f"{network.url}/portal/patient")
+    page.goto(f"{network.url}/portal/network")
+    rows = page.get_by_test_id("node-row")
+    assert rows.count() == 3
+    assert page.get_by_test_id("gateway-state").inner_text() == "up"
+    assert page.get_by_test_id("gateway-banner").is_hidden()
+    artifacts.shot(page, "network-all-up")
+
+    devnet = Devnet(network.home / "devnet")
+    stopped = devnet.status()[-1]
+    assert devnet.stop_node(stopped.index)
+    page.wait_for_selector(f'tr[data-url="{stopped.url}"][data-state="down"]', timeout=15_000)
+    states = [rows.nth(i).get_attribute("data-state") for i in range(3)]
+    assert states.count("down") == 1 and states.count("up") == 2
+    artifacts.shot(page, "network-node-down")
+
+    pid = int((network.home / "gateway" / "gateway.pid").read_text().strip())
+    os.kill(pid, signal.SIGKILL)  # no clean shutdown: as if it crashed
+    banner = page.get_by_test_id("gateway-banner")
+    banner.wait_for(state="visible", timeout=15_000)
+    assert "gateway is not answering" in banner.inner_text()
+    assert page.get_by_test_id("gateway-state").inner_text() == "down"
+    assert {rows.nth(i).get_attribute("data-state") for i in range(3)} == {"unknown"}
+    other.get_by_test_id("gateway-banner").wait_for(state="visible", timeout=15_000)
+    artifacts.shot(page, "network-gateway-down")
+    artifacts.shot(other, "patient-page-gateway-down")
+
+    port = network.url.rsplit(":", 1)[1]
+    restarted = time.time()
+    medmesh(network.home, "gateway", "up", "--fhir", "--port", port)
+    banner.wait_for(state="hidden", timeout=20_000)
+    assert page.get_by_test_id("gateway-state").inner_text() == "up"
+    page.wait_for_selector(f'tr[data-url="{stopped.url}"][data-state="down"]', timeout=15_000)
+    artifacts.shot(page, "network-gateway-back")
+    # the restarted gateway's sampler took a sample of its own (no page was rendered since)
+    volume = VolumeLog(network.home / "portal.db")
+    fresh = volume.samples(since=restarted - 1)
+    volume.close()
+    assert fresh and (fresh[-1].nodes_up, fresh[-1].nodes) == (2, 3)
+    assert fresh[-1].bytes_used > 0
     context.close()

@@ -87,8 +87,13 @@ def run(
     else:
         application = create_app(gateway)
     from medmesh.portal import Portal, mount_portal
+    from medmesh.portal.network import probe_nodes, volume_of
+    from medmesh.portal.volume import VolumeSampler
 
-    mount_portal(application, Portal(gateway, home))
+    portal = Portal(gateway, home)
+    mount_portal(application, portal)
+    sampler = VolumeSampler(portal.volume, lambda: volume_of(probe_nodes(portal)))
+    threading.Thread(target=sampler.run, args=(stop,), daemon=True, name="medmesh-volume").start()
     console.print(f"web portal on http://{domain}/portal/")
     try:
         uvicorn.run(application, host=host, port=port, log_level="warning")

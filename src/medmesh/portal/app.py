@@ -22,7 +22,9 @@
     GET  /portal/provider/patients/{patient}/records/{record}
     POST /portal/provider/patients/{patient}/records   add a record for the patient
     GET  /portal/network                           nodes, chain, consent events, chart
-    GET  /portal/static/…                          stylesheet and the wallet sign-in script
+    GET  /portal/network/status                    nodes and chain as JSON (the page's script)
+    GET  /portal/status                            {"gateway": "up"} while the gateway runs
+    GET  /portal/static/…                          stylesheet and scripts (wallet sign-in, live)
 
 Pages are rendered on the server with Jinja2 (autoescaped). Every response under
 ``/portal`` has a ``Server-Timing`` header (``app;dur=<ms>``). Errors are pages with a fixed,
@@ -132,6 +134,7 @@ def _environment() -> jinja2.Environment:
         lstrip_blocks=True,
     )
     env.filters["short"] = short_address
+    env.filters["size"] = network_page.size_text
     return env
 
 
@@ -566,6 +569,16 @@ def mount_portal(app: FastAPI, portal: Portal) -> None:
         view = await network_page.network(portal)
         return render(request, "network.html", session=_maybe(request), title="Network",
                       active="network", view=view)  # fmt: skip
+
+    @router.get("/status")
+    async def alive() -> JSONResponse:
+        """Answered while the gateway runs: every page's script polls it (``live.js``)."""
+        return JSONResponse({"gateway": "up"}, headers=_HEADERS)
+
+    @router.get("/network/status")
+    async def network_status() -> JSONResponse:
+        """Nodes and chain as the network page shows them, for its script to keep current."""
+        return JSONResponse(await network_page.status(portal), headers=_HEADERS)
 
     app.add_middleware(ServerTiming)
     app.mount(

@@ -1,6 +1,10 @@
 """The network page: storage nodes (up or down, space used, blocks held), the chain's height,
-recent consent events (shortened addresses, no health data) and a chart of records stored
-and accesses logged over time, from the indexer's tables.
+recent consent events (shortened addresses, no health data) and a chart of the bytes the
+nodes hold (sampled by the gateway, :mod:`medmesh.portal.volume`) and the accesses logged
+(from the indexer's tables) over time.
+
+:func:`status` is the same picture without the tables, as JSON for the page's script, which
+polls it to show a node or the gateway itself going down while the page is open.
 """
 
 from __future__ import annotations
@@ -19,8 +23,9 @@ from medmesh.ledger.indexer import access_t, consent_log_t, records_t
 from medmesh.portal.labels import scope_label, short_address, when
 from medmesh.portal.plot import Series, buckets, line_chart
 from medmesh.portal.service import Portal
+from medmesh.portal.volume import PAGE_SAMPLE_GAP, Sample, levels
 
-__all__ = ["ConsentEvent", "NetworkView", "NodeView", "network"]
+__all__ = ["ConsentEvent", "NetworkView", "NodeView", "network", "probe_nodes", "status"]
 
 NODE_TIMEOUT: Final = 0.5
 EVENTS: Final = 20
@@ -37,7 +42,15 @@ class NodeView:
 
     @property
     def used_text(self) -> str:
-        return _size(self.bytes_used) + (f" of {_size(self.quota)}" if self.quota else "")
+        return size_text(self.bytes_used) + (f" of {size_text(self.quota)}" if self.quota else "")
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "url": self.url,
+            "state": "up" if self.up else "down",
+            "used": self.used_text if self.up else None,
+            "blocks": self.blocks if self.up else None,
+        }
 
 
 @dataclass(frozen=True)
@@ -62,9 +75,11 @@ class NetworkView:
     chart: str
     records: int
     accesses: int
+    stored: int | None  # bytes the nodes that answered hold now
 
 
-def _size(n: int) -> str:
+def size_text(n: float) -> str:
+    """A byte count as people read it (1 KB = 1024 B)."""
     value = float(n)
     for unit in ("B", "KB", "MB", "GB"):
         if value < 1024 or unit == "GB":
@@ -99,7 +114,23 @@ def _probe(url: str) -> NodeView:
     )
 
 
-def _tables(portal: Portal) -> tuple[list[ConsentEvent], list[float], list[float]]:
+def probe_nodes(portal: Portal) -> list[NodeView]:
+    """Every known node, asked in turn (the sampler's thread: no event loop)."""
+    return [_probe(u) for u in node_urls(portal)]
+
+
+def volume_of(nodes: list[NodeView]) -> tuple[int, int, int]:
+    """``(bytes held by the nodes that answered, nodes up, nodes known)``."""
+    up = [n for n in nodes if n.up]
+    return sum(n.bytes_used for n in up), len(up), len(nodes)
+
+
+async def _probe_all(portal: Portal) -> list[NodeView]:
+    urls = await asyncio.to_thread(node_urls, portal)
+    return list(await asyncio.gather(*(asyncio.to_thread(_probe, u) for u in urls)))
+
+
+def _tables(portal: Portal) -> tuple[list[ConsentEvent], int, list[float]]:
     with portal.indexer.engine.connect() as conn:
         rows = conn.execute(
             sa.select(consent_log_t)
@@ -116,9 +147,9 @@ def _tables(portal: Portal) -> tuple[list[ConsentEvent], list[float], list[float
             )
             for r in rows
         ]
-        stored = [float(t) for (t,) in conn.execute(sa.select(records_t.c.anchored_at))]
+        records = int(conn.execute(sa.select(sa.func.count()).select_from(records_t)).scalar_one())
         accessed = [float(t) for (t,) in conn.execute(sa.select(access_t.c.at))]
-    return events, stored, accessed
+    return events, records, accessed
 
 
 def _scope(text: str) -> str:
@@ -126,16 +157,16 @@ def _scope(text: str) -> str:
     return "one record" if label.startswith("one record") else label
 
 
-def _chart(stored: list[float], accessed: list[float], now: float) -> str:
-    times = stored + accessed
+def _chart(samples: list[Sample], accessed: list[float], now: float) -> str:
+    times = [x.at for x in samples] + accessed
     if not times:
         return ""
     start = min(times)
     end = max(max(times), now if now - start < 30 * 86400 else max(times))
     return line_chart(
-        "Records stored and accesses logged over time",
+        "Stored volume and accesses logged over time",
         [
-            Series("records stored (total)", buckets(stored, start=start, end=end, cumulative=True), "stored"),
+            Series("stored on nodes", levels(samples, start=start, end=end), "stored", size_text),
             Series("accesses logged (per interval)", buckets(accessed, start=start, end=end), "accessed"),
         ],
         chart_id="volume",
@@ -143,17 +174,32 @@ def _chart(stored: list[float], accessed: list[float], now: float) -> str:
 
 
 async def network(portal: Portal) -> NetworkView:
-    urls = await asyncio.to_thread(node_urls, portal)
-    probes = asyncio.gather(*(asyncio.to_thread(_probe, u) for u in urls))
-    tables = asyncio.to_thread(_tables, portal)
-    height = asyncio.to_thread(_height, portal)
-    nodes, (events, stored, accessed), (head, indexed) = await asyncio.gather(
-        probes, tables, height
+    nodes, (events, records, accessed), (head, indexed) = await asyncio.gather(
+        _probe_all(portal), asyncio.to_thread(_tables, portal), asyncio.to_thread(_height, portal)
     )
+    used, up, known = volume_of(nodes)
+    if known:  # the probes were made anyway: a sample for the chart
+        sample = Sample(portal.clock(), used, up, known)
+        await asyncio.to_thread(portal.volume.add, sample, min_gap=PAGE_SAMPLE_GAP)
+    samples = await asyncio.to_thread(portal.volume.samples)
     return NetworkView(
-        list(nodes), head, indexed, events, _chart(stored, accessed, portal.clock()),
-        len(stored), len(accessed),
+        nodes, head, indexed, events, _chart(samples, accessed, portal.clock()),
+        records, len(accessed), used if up else None,
     )  # fmt: skip
+
+
+async def status(portal: Portal) -> dict[str, Any]:
+    """The gateway is answering (this is its answer), the chain's height and every node's
+    state: what the network page's script shows while the page stays open."""
+    nodes, (head, indexed) = await asyncio.gather(
+        _probe_all(portal), asyncio.to_thread(_height, portal)
+    )
+    return {
+        "gateway": "up",
+        "height": head,
+        "indexed": indexed,
+        "nodes": [n.as_json() for n in nodes],
+    }
 
 
 def _height(portal: Portal) -> tuple[int | None, int | None]:

@@ -8,6 +8,7 @@ own y scale (they measure different things) printed on its side.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from html import escape
 from typing import Final
@@ -16,7 +17,7 @@ __all__ = ["Series", "buckets", "line_chart"]
 
 WIDTH: Final = 640
 HEIGHT: Final = 240
-_PAD_X: Final = 56
+_PAD_X: Final = 76
 _PAD_Y: Final = 28
 
 
@@ -25,6 +26,10 @@ class Series:
     label: str
     points: list[tuple[float, float]]
     css_class: str  # colours come from the stylesheet
+    unit: Callable[[float], str] | None = None  # how its values read (default: plain numbers)
+
+    def text(self, value: float) -> str:
+        return self.unit(value) if self.unit is not None else _fmt(value)
 
 
 def buckets(
@@ -66,7 +71,7 @@ def line_chart(title: str, series: list[Series], *, chart_id: str = "chart") -> 
         f'<title id="{chart_id}-title">{escape(title)}</title>',
     ]
     summary = "; ".join(
-        f"{s.label}: {_fmt(s.points[-1][1]) if s.points else 0} at the end" for s in series
+        f"{s.label}: {s.text(s.points[-1][1]) if s.points else 0} at the end" for s in series
     )
     parts.append(f'<desc id="{chart_id}-desc">{escape(summary)}</desc>')
     bottom = _PAD_Y + inner_h
@@ -87,7 +92,7 @@ def line_chart(title: str, series: list[Series], *, chart_id: str = "chart") -> 
         )
         for value, y in ((top, _PAD_Y), (0.0, bottom)):
             parts.append(
-                f'<text class="tick" x="{ax + dx}" y="{y + 4}" text-anchor="{anchor}">{_fmt(value)}</text>'
+                f'<text class="tick" x="{ax + dx}" y="{y + 4}" text-anchor="{anchor}">{escape(s.text(value))}</text>'
             )
         parts.append(
             f'<text class="legend {escape(s.css_class)}" x="{_PAD_X + side * inner_w / 2}" '

@@ -29,6 +29,7 @@ from medmesh.ledger.client import Ledger
 from medmesh.ledger.contracts import Purpose, Role
 from medmesh.ledger.indexer import Indexer, RecordRow, participants_t
 from medmesh.portal.auth import DemoUser, PortalSession, PortalSessions, load_demo_users
+from medmesh.portal.volume import VolumeLog
 from medmesh.storage.cid import Cid
 
 __all__ = ["KeystoreRequiredError", "Participant", "Portal", "UserTools"]
@@ -80,6 +81,8 @@ class Portal:
         self.indexer: Indexer = gateway.indexer
         self.clock = clock
         self.sessions = PortalSessions(gateway.sessions, gateway.uri, clock=clock)
+        #: stored volume over time (sampled by the gateway: :mod:`medmesh.portal.volume`)
+        self.volume = VolumeLog(self.home.path / "portal.db", clock=clock)
         self._users: tuple[float | None, list[DemoUser]] = (None, [])
 
     # -- who is who ---------------------------------------------------------------------------

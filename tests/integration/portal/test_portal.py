@@ -396,10 +396,20 @@ def test_network_page_shows_nodes_chain_events_and_a_stopped_node(world: World) 
         assert len(re.findall(r'data-state="up"', page.text)) == len(nodes)
         assert "<svg" in page.text and rows(page.text, "consent-event")
         assert re.search(r'data-testid="chain-height">[0-9]+<', page.text)
+        # stored volume in bytes, from the sample this very page took of the nodes
+        assert re.search(r'data-testid="stored">[0-9.]+ (KB|MB)<', page.text), page.text
+        assert "stored on nodes" in page.text
+        assert re.search(r'class="tick"[^>]*>[0-9.]+ (KB|MB)</text>', page.text)
+        live = c.get("/portal/network/status").json()
+        assert live["gateway"] == "up" and live["height"] >= 1
+        assert [n["state"] for n in live["nodes"]] == ["up"] * len(nodes)
+        assert c.get("/portal/status").json() == {"gateway": "up"}
         assert devnet.stop_node(nodes[-1].index)
         page = c.get("/portal/network")
+        live = c.get("/portal/network/status").json()
     down = re.findall(r'data-url="([^"]+)" data-state="down"', page.text)
     assert down == [nodes[-1].url]
+    assert [n["url"] for n in live["nodes"] if n["state"] == "down"] == [nodes[-1].url]
     # records still open from the k shares left (nothing served from the gateway's cache)
     patient = world.address("patient-001")
     for row in world.indexer.records(patient):
