@@ -70,6 +70,9 @@ refusals_t = sa.Table(
     sa.Column("purpose", sa.Integer),
     sa.Column("reason", sa.String(64), nullable=False),
     sa.Column("at", sa.Float, nullable=False),
+    # whose records, when the request named a patient rather than one record (added later:
+    # older databases get the column on open)
+    sa.Column("patient", sa.String(42)),
 )
 
 
@@ -89,6 +92,14 @@ def _address(text: str) -> bytes:
     return raw
 
 
+def _add_missing_columns(engine: sa.Engine) -> None:
+    """Columns added to ``refusals`` since a database was made (SQLite or PostgreSQL)."""
+    have = {c["name"] for c in sa.inspect(engine).get_columns("refusals")}
+    if "patient" not in have:
+        with engine.begin() as conn:
+            conn.execute(sa.text("ALTER TABLE refusals ADD COLUMN patient VARCHAR(42)"))
+
+
 class AccessLog:
     """Queues allowed accesses for the chain; records refusals locally."""
 
@@ -97,6 +108,7 @@ class AccessLog:
         self.interval = interval
         self.engine = engine_for(db_url)
         _meta.create_all(self.engine)
+        _add_missing_columns(self.engine)
         abi = next(
             e
             for e in ledger.consent.web3.abi
@@ -137,14 +149,22 @@ class AccessLog:
             self._queue.append((int(key[0]), entry))
 
     def refused(
-        self, requester: str | None, record: bytes | None, purpose: int | None, reason: str
+        self,
+        requester: str | None,
+        record: bytes | None,
+        purpose: int | None,
+        reason: str,
+        *,
+        patient: str | None = None,
     ) -> None:
+        """Keep a refusal (locally): of one ``record``, or of all of ``patient``'s."""
         values = {
             "requester": requester,
             "record": "0x" + record.hex() if record else None,
             "purpose": purpose,
             "reason": reason,
             "at": time.time(),
+            "patient": patient,
         }
         with self._lock:
             self._conn.execute(sa.insert(refusals_t), values)

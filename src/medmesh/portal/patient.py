@@ -225,9 +225,15 @@ def audit(portal: Portal, address: str, *, limit: int = 200) -> list[AuditItem]:
         )
         for a in portal.indexer.accesses(patient=address, limit=limit)
     ]
+    mine = address.lower()
     for r in portal.gateway.log.refusals(limit=5000):
         record = r.get("record")
-        if not isinstance(record, str) or record not in records:
+        whose = r.get("patient")
+        if isinstance(record, str) and record in records:
+            what = records[record]
+        elif record is None and isinstance(whose, str) and whose.lower() == mine:
+            record, what = "", "your records (the list)"
+        else:
             continue
         requester = str(r.get("requester") or "unknown")
         purpose = r.get("purpose")
@@ -236,7 +242,7 @@ def audit(portal: Portal, address: str, *, limit: int = 200) -> list[AuditItem]:
                 float(r["at"]),  # type: ignore[arg-type]
                 portal.name_of(requester) or requester,
                 record,
-                records[record],
+                what,
                 Purpose(int(purpose)).names() if isinstance(purpose, int) and purpose else "",
                 "refused",
                 str(r.get("reason") or ""),

@@ -109,7 +109,7 @@ async def patient_records(
     me = session.address
     rows = await asyncio.to_thread(_covered, portal, me, patient, purpose)
     if not rows:
-        portal.gateway.log.refused(me, None, int(purpose), "no_consent")
+        portal.gateway.log.refused(me, None, int(purpose), "no_consent", patient=patient)
         raise ConsentError("no current consent of this patient's lets you read their records")
     decided = await asyncio.to_thread(
         portal.gateway.authorize_each, [(me, r.record, purpose) for r in rows]

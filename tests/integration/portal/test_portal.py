@@ -317,7 +317,7 @@ def test_grant_read_exactly_revoke_refused_and_audited(world: World) -> None:
 
         def audit() -> tuple[list[str], list[str]] | None:
             text = p.get("/portal/patient/audit").text
-            outcomes = re.findall(r'data-testid="audit-row" data-outcome="([a-z]+)" data-record="([^"]+)"', text)  # fmt: skip
+            outcomes = re.findall(r'data-testid="audit-row" data-outcome="([a-z]+)" data-record="([^"]*)"', text)  # fmt: skip
             allowed = [rec for o, rec in outcomes if o == "allowed"]
             denied = [rec for o, rec in outcomes if o == "refused"]
             return (allowed, denied) if record in allowed and record in denied else None
@@ -326,6 +326,12 @@ def test_grant_read_exactly_revoke_refused_and_audited(world: World) -> None:
         assert found, "the audit trail lacks the allowed or the refused read"
         _allowed, denied = found
         assert f"0x{other.record.hex()}" in denied
+        # the two refused visits to the patient's whole list (before the grant, after the
+        # revoke) are in their trail too, and in nobody else's
+        assert denied.count("") == 2
+        assert "your records (the list)" in p.get("/portal/patient/audit").text
+        with closing(world.sign_in("patient-001")) as someone_else:
+            assert "your records (the list)" not in someone_else.get("/portal/patient/audit").text
     finally:
         p.close()
         h.close()

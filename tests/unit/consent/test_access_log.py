@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -95,3 +96,26 @@ def test_entries_allowed_during_a_flush_are_sent_next_not_dropped(db: str) -> No
     assert [c.data for c in first] == [ledger.consent.log_access_call(as_rows([early])).data]
     assert [c.data for c in second] == [ledger.consent.log_access_call(as_rows([late])).data]
     assert AccessLog(ledger, db).pending() == 0  # type: ignore[arg-type]
+
+
+def test_refusals_of_a_whole_patient_keep_the_patient_and_old_databases_gain_the_column(
+    tmp_path: Path,
+) -> None:
+    # A gateway.db made before refusals named a patient: one refusal in it
+    path = tmp_path / "gateway.db"
+    with sqlite3.connect(path) as old:
+        old.execute(
+            "CREATE TABLE refusals (id INTEGER PRIMARY KEY AUTOINCREMENT, requester VARCHAR(42),"
+            " record VARCHAR(66), purpose INTEGER, reason VARCHAR(64) NOT NULL, at FLOAT NOT NULL)"
+        )
+        old.execute("INSERT INTO refusals (requester, reason, at) VALUES (?, 'no_consent', 1.0)",
+                    (ACCESSOR,))  # fmt: skip
+    log = AccessLog(FakeLedger(), f"sqlite:///{path}")  # type: ignore[arg-type]
+    log.refused(ACCESSOR, None, int(Purpose.TREATMENT), "no_consent", patient=PATIENT)
+    record = os.urandom(32)
+    log.refused(ACCESSOR, record, None, "no_consent")
+    newest, whole, oldest = log.refusals()
+    assert (newest["record"], newest["patient"]) == ("0x" + record.hex(), None)
+    assert (whole["record"], whole["patient"]) == (None, PATIENT)
+    assert (oldest["requester"], oldest["patient"], oldest["at"]) == (ACCESSOR, None, 1.0)
+    AccessLog(FakeLedger(), f"sqlite:///{path}")  # type: ignore[arg-type]  # opens again
