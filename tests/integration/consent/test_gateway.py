@@ -8,6 +8,7 @@ logged; revocation takes effect at once.
 from __future__ import annotations
 
 import base64
+import contextlib
 import socket
 import threading
 import time
@@ -118,51 +119,55 @@ def siwe_login(url: str, wallet: Wallet, **overrides: object) -> str:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     root = tmp_path_factory.mktemp("gw")
-    chain = LocalChain(root / "chain")
-    st = chain.up(port=0)
-    assert st.rpc_url
-    gov, patient, provider, stranger = (Wallet.create() for _ in range(4))
-    with Rpc(st.rpc_url) as rpc:
+    # each part is stopped even when a later one fails to start (no stray chain or node)
+    with contextlib.ExitStack() as running:
+        chain = LocalChain(root / "chain")
+        st = chain.up(port=0)
+        running.callback(chain.down)
+        assert st.rpc_url
+        gov, patient, provider, stranger = (Wallet.create() for _ in range(4))
+        with Rpc(st.rpc_url) as rpc:
+            for w in (gov, patient, provider, stranger):
+                rpc.call("anvil_setBalance", w.address, hex(10**21))
+            book, _ = ensure_deployed(TxSender(rpc, gov), root / "addresses.json")
+        cluster = LocalCluster(
+            root / "nodes", 3, trusted=[w.address for w in (gov, patient, provider, stranger)]
+        )
+        running.callback(cluster.close)
+        g = Ledger(st.rpc_url, book, signer=gov, durable=chain.wait_durable)
         for w in (gov, patient, provider, stranger):
-            rpc.call("anvil_setBalance", w.address, hex(10**21))
-        book, _ = ensure_deployed(TxSender(rpc, gov), root / "addresses.json")
-    cluster = LocalCluster(
-        root / "nodes", 3, trusted=[w.address for w in (gov, patient, provider, stranger)]
-    )
-    g = Ledger(st.rpc_url, book, signer=gov, durable=chain.wait_durable)
-    for w in (gov, patient, provider, stranger):
-        Ledger(st.rpc_url, book, signer=w).registry.register(w.encryption_public_key.to_bytes(), "")
-    g.registry.admit(gov.address, Role.GATEWAY)
-    g.registry.admit(provider.address, Role.PROVIDER)
-    indexer = Indexer(g, f"sqlite:///{root}/gateway-index.db")
-    log = AccessLog(g, f"sqlite:///{root}/gateway.db", interval=0.5)
-    port = free_port(socket.SOCK_STREAM)
-    gateway = Gateway(g, indexer, NetworkStore(cluster.urls, signer=gov, params=StoreParams(k=2, n=3)), log,
-                      domain=f"127.0.0.1:{port}", uri=f"http://127.0.0.1:{port}")  # fmt: skip
-    stop = threading.Event()
-    follower = threading.Thread(
-        target=indexer.follow, args=(stop,), kwargs={"interval": 0.2}, daemon=True
-    )
-    follower.start()
-    log.start()
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(gateway), host="127.0.0.1", port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    try:
-        yield World(root, chain, st.rpc_url, book, cluster, gov, patient, provider, stranger,
-                    f"http://127.0.0.1:{port}", gateway, log)  # fmt: skip
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        stop.set()
-        log.stop(flush=False)
-        cluster.close()
-        chain.down()
+            Ledger(st.rpc_url, book, signer=w).registry.register(
+                w.encryption_public_key.to_bytes(), ""
+            )
+        g.registry.admit(gov.address, Role.GATEWAY)
+        g.registry.admit(provider.address, Role.PROVIDER)
+        indexer = Indexer(g, f"sqlite:///{root}/gateway-index.db")
+        log = AccessLog(g, f"sqlite:///{root}/gateway.db", interval=0.5)
+        port = free_port(socket.SOCK_STREAM)
+        gateway = Gateway(g, indexer, NetworkStore(cluster.urls, signer=gov, params=StoreParams(k=2, n=3)), log,
+                          domain=f"127.0.0.1:{port}", uri=f"http://127.0.0.1:{port}")  # fmt: skip
+        stop = threading.Event()
+        follower = threading.Thread(
+            target=indexer.follow, args=(stop,), kwargs={"interval": 0.2}, daemon=True
+        )
+        follower.start()
+        log.start()
+        server = uvicorn.Server(
+            uvicorn.Config(create_app(gateway), host="127.0.0.1", port=port, log_level="warning")
+        )
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 10
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.05)
+        try:
+            yield World(root, chain, st.rpc_url, book, cluster, gov, patient, provider, stranger,
+                        f"http://127.0.0.1:{port}", gateway, log)  # fmt: skip
+        finally:
+            server.should_exit = True
+            thread.join(10)
+            stop.set()
+            log.stop(flush=False)
 
 
 def _wait_indexed(world: World, record: bytes) -> None:

@@ -9,6 +9,7 @@ read refuses the read.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
@@ -88,22 +89,32 @@ class World:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     root = tmp_path_factory.mktemp("fhir")
-    chain = LocalChain(root / "chain")
-    st = chain.up(port=0)
-    assert st.rpc_url
+    # each part is stopped even when a later one fails to start (no stray chain or node)
+    with contextlib.ExitStack() as running:
+        chain = LocalChain(root / "chain")
+        st = chain.up(port=0)
+        running.callback(chain.down)
+        assert st.rpc_url
+        yield from _world(root, chain, st.rpc_url, running)
+
+
+def _world(
+    root: Path, chain: LocalChain, rpc_url: str, running: contextlib.ExitStack[bool | None]
+) -> Iterator[World]:
     gov, hospital, patient, other, spare = (Wallet.create() for _ in range(5))
-    with Rpc(st.rpc_url) as rpc:
+    with Rpc(rpc_url) as rpc:
         for w in (gov, hospital, patient, other, spare):
             rpc.call("anvil_setBalance", w.address, hex(10**21))
         book, _ = ensure_deployed(TxSender(rpc, gov), root / "addresses.json")
     cluster = LocalCluster(
         root / "nodes", 3, trusted=[w.address for w in (gov, hospital, patient, other, spare)]
     )
-    g = Ledger(st.rpc_url, book, signer=gov, durable=chain.wait_durable)
+    running.callback(cluster.close)
+    g = Ledger(rpc_url, book, signer=gov, durable=chain.wait_durable)
     for w in (hospital, patient, other):
-        Ledger(st.rpc_url, book, signer=w).registry.register(w.encryption_public_key.to_bytes(), "")
+        Ledger(rpc_url, book, signer=w).registry.register(w.encryption_public_key.to_bytes(), "")
     g.registry.admit(hospital.address, Role.PROVIDER | Role.GATEWAY)
-    h = Ledger(st.rpc_url, book, signer=hospital, durable=chain.wait_durable)
+    h = Ledger(rpc_url, book, signer=hospital, durable=chain.wait_durable)
     indexer = Indexer(h, f"sqlite:///{root}/hospital-index.db")
     log = AccessLog(h, f"sqlite:///{root}/hospital-gateway.db", interval=0.5)
     port = free_port(socket.SOCK_STREAM)
@@ -118,27 +129,27 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     url = f"http://127.0.0.1:{port}/fhir"
     service = FhirService(gateway, keeper, root / "fhir.db", base_url=url, sync_interval=0.2)
     log.start()
+    running.callback(log.stop, flush=False)
     server = uvicorn.Server(
         uvicorn.Config(create_fhir_app(service), host="127.0.0.1", port=port, log_level="warning")
     )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
+
+    def stop_server() -> None:
+        server.should_exit = True
+        thread.join(10)
+
+    running.callback(stop_server)
     deadline = time.monotonic() + 10
     while not server.started and time.monotonic() < deadline:
         time.sleep(0.05)
-    w = World(root, st.rpc_url, book, chain, cluster, hospital, patient, other, spare, url, service)
+    w = World(root, rpc_url, book, chain, cluster, hospital, patient, other, spare, url, service)
     # the patient lets the hospital treat and write records for them
     w.keeper(patient).grant(
         hospital.address, Scope.all(), Purpose.TREATMENT | Purpose.CONTRIBUTE, FOREVER
     )
-    try:
-        yield w
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        log.stop(flush=False)
-        cluster.close()
-        chain.down()
+    yield w
 
 
 def _h(token: str, **extra: str) -> dict[str, str]:
