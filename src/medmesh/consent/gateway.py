@@ -44,8 +44,8 @@ import functools
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
 from eth_abi.abi import decode as abi_decode
@@ -70,7 +70,7 @@ from medmesh.errors import (
 from medmesh.ledger.client import Ledger
 from medmesh.ledger.contracts import Purpose
 from medmesh.ledger.indexer import Indexer
-from medmesh.ledger.rpc import RpcCallError
+from medmesh.ledger.rpc import AsyncRpc, RpcCallError
 from medmesh.storage.backends.base import ObjectStore
 from medmesh.storage.cache import DEFAULT_CACHE_BYTES, ObjectCache
 from medmesh.storage.cid import Cid
@@ -82,6 +82,9 @@ _CAPSULE_CACHE = 4096
 _LOCATION_CACHE = 65_536
 _REF_CACHE = 65_536
 _MAX_ASKS = 256  # consent asks decided in one JSON-RPC batch
+#: JSON-RPC batches of consent asks on their way at once: an ask that arrives while one batch is
+#: out goes in the next at once instead of waiting a whole round trip behind it
+_MAX_DECIDING = 3
 
 
 @dataclass(frozen=True)
@@ -95,6 +98,17 @@ class Access:
     cid: Cid
     purpose: Purpose
     block: int = -1  # the chain's head when access was allowed (-1: unknown)
+
+
+@dataclass
+class _Decision:
+    """Consent asks on their way to the chain (:meth:`Gateway._prepare`)."""
+
+    asks: list[tuple[str, bytes, Purpose]]
+    out: list[Access | MedmeshError | None]
+    located: dict[int, tuple[str, bytes, Cid]] = field(default_factory=dict)
+    order: list[int] = field(default_factory=list)  # asks that go to the chain
+    calls: list[tuple[str, list[Any]]] = field(default_factory=list)
 
 
 def parse_record_id(text: str) -> bytes:
@@ -152,7 +166,12 @@ class Gateway:
         self._misses: dict[tuple[bytes, str], int] = {}  # (record, grantee) -> head block
         # consent asks waiting for the next JSON-RPC batch (authorize_async)
         self._asks: list[tuple[str, bytes, Purpose, asyncio.Future[Access]]] = []
-        self._deciding: asyncio.Task[None] | None = None
+        self._deciding: set[asyncio.Task[None]] = set()
+        self._arpc = AsyncRpc(ledger.rpc.url, timeout=ledger.rpc.timeout)
+
+    async def aclose(self) -> None:
+        """Close what the gateway opened on its event loop (the application's shutdown)."""
+        await self._arpc.aclose()
 
     # -- the decision -----------------------------------------------------------------------
 
@@ -257,28 +276,50 @@ class Gateway:
         """:meth:`authorize` for many ``(requester, record, purpose)`` asks, with one
         round trip to the chain: for each, its :class:`Access` or the error refusing it
         (every outcome logged)."""
-        out: list[Access | MedmeshError | None] = [None] * len(asks)
-        located: dict[int, tuple[str, bytes, Cid]] = {}
+        decision = self._prepare(asks)
+        if decision.calls:
+            try:
+                return self._conclude(decision, self.ledger.rpc.batch(decision.calls))
+            except MedmeshError as exc:
+                return self._conclude(decision, exc)
+        return self._conclude(decision, [])
+
+    def _prepare(self, asks: list[tuple[str, bytes, Purpose]]) -> _Decision:
+        """Locate each ask's record (refusing, and logging, what is not anchored) and build
+        the ``eth_call`` batch for the rest: the head block, then one ``has_access`` each."""
+        decision = _Decision(asks, [None] * len(asks))
         for i, (requester, record, purpose) in enumerate(asks):
             try:
-                located[i] = self._locate(record)
+                decision.located[i] = self._locate(record)
             except MedmeshError as exc:
                 self.log.refused(requester, record, int(purpose), exc.code)
-                out[i] = exc
-        order = sorted(located)
-        if order:
-            calls = [("eth_blockNumber", []), *(self._has_access_call(*asks[i]) for i in order)]
-            try:
-                answers = self.ledger.rpc.batch(calls)
-                if isinstance(answers[0], RpcCallError):
-                    raise answers[0].to_exception()
+                decision.out[i] = exc
+        decision.order = sorted(decision.located)
+        if decision.order:
+            decision.calls = [
+                ("eth_blockNumber", []),
+                *(self._has_access_call(*asks[i]) for i in decision.order),
+            ]
+        return decision
+
+    def _conclude(
+        self, decision: _Decision, answers: list[Any] | MedmeshError
+    ) -> list[Access | MedmeshError]:
+        """Each ask's outcome from the chain's ``answers`` (or the error that stopped the
+        batch), logged: allowed ones for the chain, refusals locally."""
+        asks, out = decision.asks, decision.out
+        if decision.order:
+            block = -1
+            if isinstance(answers, MedmeshError):
+                answers = [answers] * (len(decision.order) + 1)
+            elif isinstance(answers[0], RpcCallError):
+                answers = [answers[0].to_exception()] * (len(decision.order) + 1)
+            else:
                 block = int(answers[0], 16)
-            except MedmeshError as exc:
-                answers, block = [exc] * (len(order) + 1), -1
             now = int(time.time())
-            for i, answer in zip(order, answers[1:], strict=True):
+            for i, answer in zip(decision.order, answers[1:], strict=True):
                 requester, record, purpose = asks[i]
-                patient, kind, cid = located[i]
+                patient, kind, cid = decision.located[i]
                 error: MedmeshError | None = None
                 if isinstance(answer, RpcCallError):
                     error = answer.to_exception()
@@ -296,22 +337,29 @@ class Gateway:
 
     async def authorize_async(self, requester: str, record: bytes, purpose: Purpose) -> Access:
         """:meth:`authorize` without blocking the event loop: the asks of concurrent
-        requests are decided together, in one JSON-RPC batch per round trip (the next
-        batch gathers while one is on its way)."""
+        requests are decided together, in JSON-RPC batches (up to :data:`_MAX_DECIDING` on
+        their way at once; asks arriving meanwhile gather for the next)."""
         future: asyncio.Future[Access] = asyncio.get_running_loop().create_future()
         self._asks.append((requester, record, purpose, future))
-        if self._deciding is None or self._deciding.done():
-            self._deciding = asyncio.create_task(self._decide_asks())
+        if len(self._deciding) < _MAX_DECIDING:
+            task = asyncio.create_task(self._decide_asks())
+            self._deciding.add(task)
+            task.add_done_callback(self._deciding.discard)
         return await future
 
     async def _decide_asks(self) -> None:
         while self._asks:
             batch, self._asks = self._asks[:_MAX_ASKS], self._asks[_MAX_ASKS:]
-            try:
-                results: list[Access | BaseException] = list(
-                    await asyncio.to_thread(self.authorize_each, [a[:3] for a in batch])
-                )
-            except Exception as exc:  # a bug or a dead ledger: every ask of the batch fails
+            try:  # on the loop: the eth_call batch goes out through the async client
+                decision = self._prepare([a[:3] for a in batch])
+                answers: list[Any] | MedmeshError = []
+                if decision.calls:
+                    try:
+                        answers = await self._arpc.batch(decision.calls)
+                    except MedmeshError as exc:
+                        answers = exc
+                results: list[Access | BaseException] = list(self._conclude(decision, answers))
+            except Exception as exc:  # a bug: every ask of the batch fails
                 results = [exc] * len(batch)
             for (*_, future), result in zip(batch, results, strict=True):
                 if future.done():
@@ -416,11 +464,23 @@ class Login(BaseModel):
 def create_app(gateway: Gateway, *, lifespan: Lifespan | None = None) -> FastAPI:
     """The FastAPI application serving ``gateway`` (``lifespan``: background work of
     services mounted on it, such as the FHIR index's sync)."""
+
+    @asynccontextmanager
+    async def serving(app: FastAPI) -> AsyncIterator[None]:
+        try:
+            if lifespan is None:
+                yield
+            else:
+                async with lifespan(app):
+                    yield
+        finally:
+            await gateway.aclose()
+
     app = FastAPI(
         title="medmesh consent gateway",
         version="1",
         description="Consent-checked access to encrypted medical records (ciphertext and key capsules only).",
-        lifespan=lifespan,
+        lifespan=serving,
     )
 
     status_of = {
