@@ -71,7 +71,7 @@ def running_up(home: Path, tag: str, *args: str) -> Iterator[Up]:
     up = Up(proc, home, f"http://127.0.0.1:{port}", stdout, stderr)
     try:
         deadline = time.monotonic() + READY_TIMEOUT
-        while "medmesh is up" not in stdout.read_text():
+        while "Ctrl-C stops what this started" not in stdout.read_text():  # the summary's end
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise AssertionError("`medmesh up` did not get ready:\n" + "\n".join(up.output()))
             time.sleep(0.2)
