@@ -23,6 +23,14 @@ class EchoServer(ThreadingHTTPServer):
         self.bodies: list[bytes] = []
 
 
+def reply(handler: BaseHTTPRequestHandler, status: int, raw: bytes) -> None:
+    handler.send_response(status)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(raw)))
+    handler.end_headers()
+    handler.wfile.write(raw)
+
+
 class EchoHandler(BaseHTTPRequestHandler):
     server: EchoServer
 
@@ -36,12 +44,7 @@ class EchoHandler(BaseHTTPRequestHandler):
             calls = request if isinstance(request, list) else [request]
             answers = [{"jsonrpc": "2.0", "id": c["id"], "result": c["params"][0]} for c in calls]
             answer = answers if isinstance(request, list) else answers[0]
-        raw = json.dumps(answer).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(raw)))
-        self.end_headers()
-        self.wfile.write(raw)
+        reply(self, 200, json.dumps(answer).encode())
 
     def log_message(self, format: str, *args: object) -> None:
         pass
