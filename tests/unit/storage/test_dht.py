@@ -17,6 +17,7 @@ from medmesh.storage.cid import DAG_PB, Cid
 from medmesh.storage.node.config import NodeConfig
 from medmesh.storage.node.dht import (
     MAX_PROVIDERS,
+    STORE_MANY_KEYS,
     ProviderDht,
     ProviderStorage,
     merge_records,
@@ -155,16 +156,19 @@ def test_provider_key_ignores_codec_and_version() -> None:
 
 
 @asynccontextmanager
-async def network(count: int) -> AsyncIterator[list[ProviderDht]]:
+async def network(count: int, rpc_timeout: float = 2.0) -> AsyncIterator[list[ProviderDht]]:
     """``count`` DHT nodes on UDP port 0; all but the first join through the first."""
     nodes: list[ProviderDht] = []
     try:
-        first = ProviderDht("0xA0", "http://127.0.0.1:1")
+        first = ProviderDht("0xA0", "http://127.0.0.1:1", rpc_timeout=rpc_timeout)
         nodes.append(first)
         port = await first.start()
         for i in range(1, count):
             node = ProviderDht(
-                f"0xA{i}", f"http://127.0.0.1:{i + 1}", bootstrap=[("127.0.0.1", port)]
+                f"0xA{i}",
+                f"http://127.0.0.1:{i + 1}",
+                bootstrap=[("127.0.0.1", port)],
+                rpc_timeout=rpc_timeout,
             )
             nodes.append(node)
             await node.start()
@@ -260,6 +264,131 @@ def test_routing_endpoint_answers_from_the_dht(tmp_path: Path) -> None:
     assert [p["ID"] for p in doc["Providers"]] == ["0xA0"]
     assert doc["Providers"][0]["Addrs"] == ["http://127.0.0.1:1"]
     assert missing == 404
+
+
+# -- announcing many objects at once ------------------------------------------------
+
+
+def _count_calls(dht: ProviderDht, rpc: str) -> list[int]:
+    """Count the ``rpc_<rpc>`` requests ``dht`` serves (wraps the bound method)."""
+    protocol = dht.server.protocol
+    inner = getattr(protocol, f"rpc_{rpc}")
+    calls = [0]
+
+    def counted(*args: Any) -> Any:
+        calls[0] += 1
+        return inner(*args)
+
+    setattr(protocol, f"rpc_{rpc}", counted)
+    return calls
+
+
+def _ids_everywhere(found: list[list[dict[str, Any]]]) -> set[tuple[str, ...]]:
+    return {tuple(p["ID"] for p in providers) for providers in found}
+
+
+def test_provide_many_sends_batches_while_the_routing_table_is_complete() -> None:
+    cids = [Cid.of(b"batch object %d" % i) for i in range(STORE_MANY_KEYS + 50)]
+
+    async def run() -> tuple[int, list[int], list[int], set[tuple[str, ...]]]:
+        async with network(3) as (a, b, c):
+            many, single = _count_calls(b, "store_many"), _count_calls(b, "store")
+            reached = await a.provide_many(cids)
+            c.server.storage.data.clear()  # make C ask the network
+            found = [await c.find_providers(cid) for cid in cids[:: STORE_MANY_KEYS // 4]]
+            return reached, many, single, _ids_everywhere(found)
+
+    reached, many, single, found = asyncio.run(run())
+    assert reached == len(cids)
+    assert many == [2]  # 250 keys to B: two RPCs of at most 200 keys, no per-key store
+    assert single == [0]
+    assert found == {("0xA0",)}
+
+
+def test_provide_many_falls_back_to_crawls_for_a_peer_without_store_many() -> None:
+    cids = [Cid.of(b"old peer %d" % i) for i in range(5)]
+
+    async def run() -> tuple[int, list[int], set[tuple[str, ...]]]:
+        async with network(3, rpc_timeout=0.3) as (a, b, _c):
+            b.server.protocol.rpc_store_many = None  # an older node: it ignores the RPC
+            single = _count_calls(b, "store")
+            reached = await a.provide_many(cids)
+            found = []
+            for cid in cids:
+                local = b.server.storage.get(_digest_of(cid))
+                found.append([{"ID": k} for k in json.loads(local)] if local else [])
+            return reached, single, _ids_everywhere(found)
+
+    reached, single, found = asyncio.run(run())
+    assert reached == len(cids)
+    # each key reached B the classic way (kademlia also re-sends stored keys to a peer it
+    # welcomes back into its table, so some may arrive twice)
+    assert single[0] >= len(cids)
+    assert found == {("0xA0",)}
+
+
+def test_provide_many_crawls_when_a_bucket_is_full() -> None:
+    cids = [Cid.of(b"big network %d" % i) for i in range(4)]
+
+    async def run() -> tuple[int, list[int], list[int], set[tuple[str, ...]]]:
+        async with network(4) as (a, b, c, _d):
+            for bucket in a.server.protocol.router.buckets:
+                bucket.ksize = 2  # as if the network were bigger than the table holds
+            many, single = _count_calls(b, "store_many"), _count_calls(b, "store")
+            reached = await a.provide_many(cids)
+            c.server.storage.data.clear()
+            found = [await c.find_providers(cid) for cid in cids]
+            return reached, many, single, _ids_everywhere(found)
+
+    reached, many, single, found = asyncio.run(run())
+    assert reached == len(cids)
+    assert many == [0]
+    assert single[0] >= 1  # B is among the closest of some keys, reached by crawl and store
+    assert found == {("0xA0",)}
+
+
+@pytest.mark.parametrize(
+    ("keys", "value"),
+    [
+        ("not a list", "{}"),
+        ([b"k" * 20] * (STORE_MANY_KEYS + 1), "{}"),
+        ([b"k" * 20], 42),
+        ([b"k" * 20], "x" * 5000),
+    ],
+)
+def test_store_many_refuses_malformed_requests(keys: Any, value: Any) -> None:
+    async def run() -> tuple[bool, int]:
+        async with network(1) as (a,):
+            ok = a.server.protocol.rpc_store_many(("127.0.0.1", 9), b"n" * 20, keys, value)
+            return ok, len(a.server.storage.data)
+
+    assert asyncio.run(run()) == (False, 0)
+
+
+def test_store_many_skips_bad_keys_and_merges_with_what_is_stored() -> None:
+    later = time.time() + 3600
+
+    async def run() -> tuple[bool, ProviderStorage]:
+        async with network(1) as (a,):
+            storage = a.server.storage
+            storage[KEY] = _rec("0xB", "http://b", later)
+            keys = [KEY, b"short", "j" * 20, b"j" * 20]
+            ok = a.server.protocol.rpc_store_many(
+                ("127.0.0.1", 9), b"n" * 20, keys, _rec("0xA", "http://a", later)
+            )
+            return ok, storage
+
+    ok, storage = asyncio.run(run())
+    assert ok is True
+    assert set(_stored(storage) or {}) == {"0xA", "0xB"}
+    assert set(_stored(storage, b"j" * 20) or {}) == {"0xA"}
+    assert len(storage.data) == 2
+
+
+def _digest_of(cid: Cid) -> bytes:
+    from kademlia.utils import digest
+
+    return bytes(digest(provider_key(cid)))
 
 
 # -- withdrawing a record (after an erasure) ------------------------------------------
