@@ -63,8 +63,14 @@ class Ledger:
         return self.sender.address if self.sender else None
 
     def _after_mined(self, receipts: Sequence[Receipt]) -> None:
-        if self._durable and receipts:
-            self._durable(max(r.block_number for r in receipts))
+        if receipts:
+            self.make_durable(max(r.block_number for r in receipts))
+
+    def make_durable(self, block: int) -> None:
+        """Return once ``block`` is durable: saved to disk on the local chain (nothing to
+        wait for on a chain that persists each block itself)."""
+        if self._durable:
+            self._durable(block)
 
     def transact_many(self, calls: Sequence[Call], *, timeout: float = 60.0) -> list[Receipt]:
         """Send many calls in one pipelined batch and wait for all (and their durability)."""

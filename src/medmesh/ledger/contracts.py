@@ -48,7 +48,7 @@ from medmesh.ledger.anchoring import (
 )
 from medmesh.ledger.artifacts import Artifact
 from medmesh.ledger.events import EventCodec, checksum
-from medmesh.ledger.rpc import Rpc
+from medmesh.ledger.rpc import Rpc, RpcCallError
 from medmesh.ledger.tx import Call, Receipt, TxSender
 
 __all__ = [
@@ -214,6 +214,21 @@ class Contract:
         values = abi_decode(self._outputs[fn], bytes.fromhex(raw[2:]))
         return values[0] if len(values) == 1 else values
 
+    def call_many(self, calls: Sequence[tuple[str, tuple[Any, ...]]]) -> list[Any]:
+        """Run many views at the latest block in one JSON-RPC batch, as :meth:`call` each;
+        raises the first refusal."""
+        raws = self.rpc.batch([
+            ("eth_call", [{"to": self.address, "data": "0x" + self.call_data(fn, *args).hex()}, "latest"])
+            for fn, args in calls
+        ])  # fmt: skip
+        out = []
+        for (fn, _), raw in zip(calls, raws, strict=True):
+            if isinstance(raw, RpcCallError):
+                raise raw.to_exception()
+            values = abi_decode(self._outputs[fn], bytes.fromhex(raw[2:]))
+            out.append(values[0] if len(values) == 1 else values)
+        return out
+
     def tx(self, fn: str, *args: Any, gas: int | None = None) -> Call:
         return Call(self.address, self.call_data(fn, *args), gas=gas, label=fn)
 
@@ -268,6 +283,16 @@ class RegistryContract(Contract):
     def is_registered(self, account: str) -> bool:
         return bool(self.call("is_registered", to_checksum_address(account)))
 
+    def encryption_keys(self, accounts: Sequence[str]) -> list[tuple[bytes, bool]]:
+        """``(encryption_key, is_registered)`` of each account, in one JSON-RPC batch."""
+        calls = [
+            (fn, (to_checksum_address(a),))
+            for a in accounts
+            for fn in ("encryption_key", "is_registered")
+        ]
+        got = self.call_many(calls)
+        return [(bytes(got[2 * i]), bool(got[2 * i + 1])) for i in range(len(accounts))]
+
 
 class RecordsContract(Contract):
     """Record anchors."""
@@ -310,10 +335,13 @@ class RecordsContract(Contract):
         return [self._anchor_many_tx(plan, tx) for tx in range(len(plan.transactions))]
 
     def anchor_many(
-        self, entries: Sequence[AnchorEntry], *, timeout: float = 60.0
+        self, entries: Sequence[AnchorEntry], *, timeout: float = 60.0, durable: bool = True
     ) -> list[AnchoredRecord]:
         """Anchor record versions, :data:`ANCHOR_MANY_MAX` per transaction; return once all
         are mined (and durable, on the local chain), one :class:`AnchoredRecord` per entry.
+        With ``durable=False`` it returns once they are mined, and the caller makes them
+        durable (:meth:`Ledger.make_durable`) before it reports them anchored: a writer can
+        send its next anchors meanwhile. (On an error it still waits, as without.)
 
         Each entry is ``(patient, cid, kind, supersedes)``: records of the sender need no
         consent, another patient's need its CONTRIBUTE consent for the kind, exactly as
@@ -378,7 +406,8 @@ class RecordsContract(Contract):
                         except LedgerError:
                             settle()
                             raise
-        settle()
+        if durable:
+            settle()
         return [d for d in done if d is not None]
 
     def _anchor_many_tx(self, plan: AnchorPlan, tx: int) -> Call:

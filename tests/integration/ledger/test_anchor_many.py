@@ -212,3 +212,18 @@ def _send_with_tip(net: Net, wallet: Wallet, data: bytes, to: str | None) -> str
         "maxPriorityFeePerGas": tip,
     }
     return str(rpc.call("eth_sendRawTransaction", "0x" + wallet.sign_transaction(tx).hex()))
+
+
+def test_durable_false_leaves_the_wait_for_durability_to_the_caller(net: Net) -> None:
+    (patient,) = net.wallets(1)
+    waited: list[int] = []
+    ledger = Ledger(net.url, net.book, signer=patient, durable=waited.append)
+    net.clients.append(ledger)
+    entries: list[AnchorEntry] = [(patient.address, cid(), KINDS[0], ZERO) for _ in range(3)]
+    mined = ledger.records.anchor_many(entries, durable=False)
+    assert waited == []  # mined, not waited for
+    assert all(ledger.records.anchor_of(a.record).exists for a in mined)
+    ledger.make_durable(max(a.block_number for a in mined))
+    assert waited == [mined[-1].block_number]
+    more = ledger.records.anchor_many([(patient.address, cid(), KINDS[1], ZERO)])
+    assert waited == [mined[-1].block_number, more[0].block_number]  # the default waits

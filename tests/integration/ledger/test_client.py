@@ -284,3 +284,28 @@ def test_two_senders_of_one_account_never_reuse_a_nonce(net: Net) -> None:
     assert [r.status for r in receipts] == [1] * 12
     txs = rpc.batch([("eth_getTransactionByHash", [h]) for h in hashes])
     assert sorted(int(t["nonce"], 16) for t in txs) == list(range(12))
+
+
+def test_encryption_keys_of_many_accounts_in_one_batch(net: Net) -> None:
+    from medmesh.consent.sharing import RecordKeeper
+    from medmesh.errors import NotFoundError
+
+    a, b, stranger = net.wallets(3)
+    for w in (a, b):
+        net.ledger(w).registry.register(w.encryption_public_key.to_bytes())
+    reader = net.ledger()
+    got = reader.registry.encryption_keys([a.address, stranger.address, b.address])
+    assert got == [
+        (a.encryption_public_key.to_bytes(), True),
+        (bytes(32), False),
+        (b.encryption_public_key.to_bytes(), True),
+    ]
+    assert reader.registry.encryption_keys([]) == []
+    keeper = RecordKeeper(a, reader, None, None)  # type: ignore[arg-type]
+    keys = keeper.encryption_keys_of([b.address, a.address, b.address])
+    assert {k: v.to_bytes() for k, v in keys.items()} == {
+        b.address: b.encryption_public_key.to_bytes(),
+        a.address: a.encryption_public_key.to_bytes(),
+    }
+    with pytest.raises(NotFoundError, match=to_checksum_address(stranger.address)):
+        keeper.encryption_keys_of([a.address, stranger.address])
