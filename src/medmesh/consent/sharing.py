@@ -38,9 +38,16 @@ from medmesh.ledger.contracts import Purpose, Scope, kind_tag, record_id
 from medmesh.ledger.indexer import Indexer, RecordRow
 from medmesh.ledger.tx import Receipt
 from medmesh.storage.cid import Cid
-from medmesh.storage.client import Client, Source
+from medmesh.storage.client import Client, PutResult, Source
 
-__all__ = ["EraseResult", "GrantResult", "NewRecord", "PutRecord", "RecordKeeper"]
+__all__ = [
+    "EraseResult",
+    "GrantResult",
+    "NewRecord",
+    "PutRecord",
+    "RecordKeeper",
+    "StoredRecords",
+]
 
 PREFIX_BYTES = 64 * 1024  # enough for the capsules and the stream header of any record
 
@@ -53,6 +60,16 @@ class NewRecord:
     kind: str
     supersedes: Cid | None = None
     patient: str | None = None  # the owner, when writing for a patient
+
+
+@dataclass(frozen=True)
+class StoredRecords:
+    """Records :meth:`RecordKeeper.store_many` sealed and stored, not anchored yet."""
+
+    items: list[NewRecord]
+    owners: list[str]  # checksummed, one per item
+    recipients: list[list[EncryptionPublicKey]]  # whom each was sealed for besides us
+    stored: list[PutResult]  # where each went
 
 
 @dataclass(frozen=True)
@@ -120,12 +137,21 @@ class RecordKeeper:
 
     def encryption_key_of(self, account: str) -> EncryptionPublicKey:
         """``account``'s registered encryption key (read from the chain, not the index)."""
-        raw = self.ledger.registry.encryption_key(account)
-        if not any(raw) or not self.ledger.registry.is_registered(account):
-            raise NotFoundError(
-                f"{to_checksum_address(account)} is not registered with an encryption key"
-            )
-        return EncryptionPublicKey.from_bytes("x25519", raw)
+        return self.encryption_keys_of([account])[account]
+
+    def encryption_keys_of(self, accounts: Sequence[str]) -> dict[str, EncryptionPublicKey]:
+        """:meth:`encryption_key_of` each account, asked of the chain in one batch."""
+        wanted = list(dict.fromkeys(accounts))
+        out = {}
+        for account, (raw, registered) in zip(
+            wanted, self.ledger.registry.encryption_keys(wanted), strict=True
+        ):
+            if not any(raw) or not registered:
+                raise NotFoundError(
+                    f"{to_checksum_address(account)} is not registered with an encryption key"
+                )
+            out[account] = EncryptionPublicKey.from_bytes("x25519", raw)
+        return out
 
     def _covering_grantees(self, patient: str, kind: str) -> list[str]:
         """Current kind or all-records grantees of ``patient`` for ``kind`` (from the index,
@@ -192,22 +218,34 @@ class RecordKeeper:
         error (``AnchorRefusedError`` names the refused item and what was anchored before
         it) reaches the caller, who may retry.
         """
-        if not items:
-            return []
+        return self.anchor_stored(self.store_many(items))
+
+    def store_many(self, items: Sequence[NewRecord]) -> StoredRecords:
+        """The first half of :meth:`put_many`: seal and store, anchor nothing yet.
+
+        A writer can store its next batch while the previous one waits for its block
+        (:meth:`anchor_stored`), as the FHIR repository does; the two halves share nothing
+        but the wallet, whose transactions are numbered under the sender's lock.
+        """
         for item in items:
             kind_tag(item.kind)
-        keys: dict[str, EncryptionPublicKey] = {}
-        sealed_for: dict[tuple[str, str], list[EncryptionPublicKey]] = {}
+        if not items:
+            return StoredRecords([], [], [], [])
         self.indexer.sync()
         owners = [
             to_checksum_address(i.patient) if i.patient else self.wallet.address for i in items
         ]
-        for owner, item in zip(owners, items, strict=True):
-            if (owner, item.kind) not in sealed_for:
-                sealed_for[(owner, item.kind)] = self._recipients(owner, item.kind, keys)
+        whom = {
+            (owner, item.kind): [owner, *self._covering_grantees(owner, item.kind)]
+            for owner, item in zip(owners, items, strict=True)
+        }
+        # as _recipients does, with every key the batch needs asked in one request
+        me = self.wallet.address
+        keys = self.encryption_keys_of([a for acc in whom.values() for a in acc if a != me])
+        sealed_for = {pair: [keys[a] for a in acc if a != me] for pair, acc in whom.items()}
         plan = [sealed_for[(owner, item.kind)] for owner, item in zip(owners, items, strict=True)]
 
-        async def store_all() -> list[Any]:
+        async def store_all() -> list[PutResult]:
             try:  # few signed requests per node for the whole batch, one object per record
                 return await self.client.aput_many(
                     [(i.data, r) for i, r in zip(items, plan, strict=True)]
@@ -216,15 +254,26 @@ class RecordKeeper:
                 await self.client.store.close()
 
         stored = asyncio.run(store_all())
+        return StoredRecords(list(items), owners, plan, stored)
+
+    def anchor_stored(self, batch: StoredRecords, *, durable: bool = True) -> list[PutRecord]:
+        """The second half of :meth:`put_many`: anchor what :meth:`store_many` stored.
+
+        ``durable=False``: return once mined; the caller waits for durability itself
+        (``ledger.make_durable``), after letting the next batch anchor.
+        """
+        if not batch.items:
+            return []
         entries = [
             (owner, put.cid, item.kind,
              record_id(owner, item.supersedes) if item.supersedes else b"\0" * 32)
-            for item, owner, put in zip(items, owners, stored, strict=True)
+            for item, owner, put in zip(batch.items, batch.owners, batch.stored, strict=True)
         ]  # fmt: skip
-        anchored = self.ledger.records.anchor_many(entries)  # 256 per transaction, durable
+        # 256 per transaction; durable unless the caller waits for it
+        anchored = self.ledger.records.anchor_many(entries, durable=durable)
         return [
             PutRecord(put.cid, a.record, item.kind, put.size, len(keys_) + 1, a.tx_hash, a.block_number)
-            for item, put, keys_, a in zip(items, stored, plan, anchored, strict=True)
+            for item, put, keys_, a in zip(batch.items, batch.stored, batch.recipients, anchored, strict=True)
         ]  # fmt: skip
 
     def records(self, *, include_history: bool = False) -> list[RecordRow]:

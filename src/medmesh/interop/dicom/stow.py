@@ -33,7 +33,6 @@ import asyncio
 import contextlib
 import logging
 import secrets
-import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -152,7 +151,7 @@ class StowSession:
         study_uid: str | None,
         base: str,
         spool: Path,
-        writes: threading.Lock,
+        writes: contextlib.AbstractContextManager[object],
     ) -> None:
         self.repo = repo
         self.subject = subject

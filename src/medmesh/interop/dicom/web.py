@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any, Final
@@ -337,7 +336,7 @@ def mount_dicomweb(
     clean_spool(spool)
     # the repository's writes and ours share the keeper's storage client (one event loop at
     # a time) and the wallet's nonces: the same lock
-    writes: threading.Lock = repo.write_lock
+    writes = repo.write_lock
 
     async def store(request: Request, study_uid: str | None) -> Response:
         who = caller(request)

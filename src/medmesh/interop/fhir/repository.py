@@ -103,6 +103,21 @@ def _stored_form(body: dict[str, Any], id_: str) -> dict[str, Any]:
     return out
 
 
+class _BothLocks:
+    """Two locks taken in order and released in reverse, as one context manager."""
+
+    def __init__(self, first: threading.Lock, second: threading.Lock) -> None:
+        self.first, self.second = first, second
+
+    def __enter__(self) -> None:
+        self.first.acquire()
+        self.second.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.second.release()
+        self.first.release()
+
+
 @dataclass(frozen=True)
 class Saved:
     """A resource version just written (``created``: a new logical resource)."""
@@ -140,9 +155,16 @@ class FhirRepository:
         self.me = keeper.wallet.address
         self._clock = clock
         self._sync_lock = asyncio.Lock()
-        # one writer at a time: writes share the keeper's storage client and the wallet's
-        # nonces (DICOMweb's STOW takes it too)
-        self.write_lock = threading.Lock()
+        # Writes go through two stages, one batch in each at a time: storing (the keeper's
+        # storage client serves one event loop at a time) and anchoring until mined. A batch
+        # takes the anchor lock before it lets go of the store lock, so batches are mined in
+        # the order they stored (an update may supersede the batch before) while the next
+        # one is sealed and stored; waiting for durability and indexing come after, outside
+        # both. ``write_lock`` takes both, for writers that do everything in one go
+        # (DICOMweb's STOW).
+        self._store_lock = threading.Lock()
+        self._anchor_lock = threading.Lock()
+        self.write_lock = _BothLocks(self._store_lock, self._anchor_lock)
         self.full_reconcile_s = full_reconcile_s
         self._last_full = 0.0
         self._expiries_seen = 0.0  # grants expiring up to this time have been followed
@@ -361,17 +383,24 @@ class FhirRepository:
             )
             for p in plans
         ]
-        with self.write_lock:
-            puts = self.keeper.put_many(items)
-            times = self._block_times({put.block for put in puts})
-            rows = [
-                (IndexedResource(
-                    put.record, p.type, p.body["id"], p.previous.version + 1 if p.previous else 1,
-                    True, p.owner, bytes(put.cid), times[put.block],
-                ), p.body)
-                for p, put in zip(plans, puts, strict=True)
-            ]  # fmt: skip
-            self.index.put(rows)
+        with self._store_lock:
+            stored = self.keeper.store_many(items)
+            self._anchor_lock.acquire()  # before the next batch may store: see __init__
+        try:  # mined in order; the next batch sends its anchors while these become durable
+            puts = self.keeper.anchor_stored(stored, durable=False)
+        finally:
+            self._anchor_lock.release()
+        if puts:
+            self.ledger.make_durable(max(put.block for put in puts))
+        times = self._block_times({put.block for put in puts})
+        rows = [
+            (IndexedResource(
+                put.record, p.type, p.body["id"], p.previous.version + 1 if p.previous else 1,
+                True, p.owner, bytes(put.cid), times[put.block],
+            ), p.body)
+            for p, put in zip(plans, puts, strict=True)
+        ]  # fmt: skip
+        self.index.put(rows)  # in any order: the newest version of a resource wins
         return [
             Saved(with_meta(body, row), row, p.previous is None)
             for p, (row, body) in zip(plans, rows, strict=True)

@@ -1,0 +1,110 @@
+"""FhirRepository's two write stages: a batch is sealed and stored while the one before it
+is anchored, batches are mined in the order they stored, and each is indexed once durable. The keeper, ledger and
+index are in-process stand-ins here; the real ones are exercised in tests/integration."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from types import SimpleNamespace
+from typing import Any
+
+from medmesh.interop.fhir.repository import FhirRepository, _Plan
+from medmesh.storage.cid import Cid
+
+
+class Keeper:
+    """Records when each batch is stored and anchored; storing takes ``store_s``."""
+
+    def __init__(self, store_s: float, anchor_s: float) -> None:
+        self.wallet = SimpleNamespace(address="0x" + "11" * 20)
+        self.ledger = SimpleNamespace(
+            rpc=SimpleNamespace(batch=self._headers), make_durable=self._durable
+        )
+        self.store_s, self.anchor_s = store_s, anchor_s
+        self.events: list[tuple[str, str, float]] = []
+        self.lock = threading.Lock()
+        self.storing = threading.Semaphore(1)  # fails the test if two batches store at once
+
+    def _log(self, what: str, batch: str) -> None:
+        with self.lock:
+            self.events.append((what, batch, time.monotonic()))
+
+    def _durable(self, block: int) -> None:
+        self._log("durable", str(block))
+        time.sleep(self.anchor_s / 2)
+
+    def _headers(self, calls: list[Any]) -> list[dict[str, str]]:
+        return [{"timestamp": hex(1_700_000_000)} for _ in calls]
+
+    def store_many(self, items: list[Any]) -> Any:
+        assert self.storing.acquire(blocking=False), "two batches stored at once"
+        try:
+            batch = json.loads(items[0].data)["id"].split("-")[0]
+            self._log("store", batch)
+            time.sleep(self.store_s)
+            self._log("stored", batch)
+            return batch, items
+        finally:
+            self.storing.release()
+
+    def anchor_stored(self, stored: Any, *, durable: bool = True) -> list[Any]:
+        assert durable is False  # the repository waits for durability outside the lock
+        batch, items = stored
+        self._log("anchor", batch)
+        time.sleep(self.anchor_s)
+        self._log("anchored", batch)
+        cid = Cid.of(batch.encode())
+        block = ord(batch)  # a block per batch: 97, 98, 99
+        return [SimpleNamespace(cid=cid, record=b"r" * 32, block=block) for _ in items]
+
+
+class Index:
+    def __init__(self, keeper: Keeper) -> None:
+        self.keeper = keeper
+
+    def put(self, rows: list[Any]) -> None:
+        self.keeper._log("indexed", rows[0][1]["id"].split("-")[0])
+
+
+def _plans(batch: str) -> list[_Plan]:
+    owner = "0x" + "11" * 20
+    return [
+        _Plan("Observation", {"resourceType": "Observation", "id": f"{batch}-{i}"}, owner, None)
+        for i in range(3)
+    ]
+
+
+def test_the_next_batch_stores_while_the_one_before_anchors_and_order_is_kept() -> None:
+    keeper = Keeper(store_s=0.2, anchor_s=0.3)
+    repo = FhirRepository(keeper, SimpleNamespace(), Index(keeper))  # type: ignore[arg-type]
+    threads = []
+    for batch in ("a", "b", "c"):
+        t = threading.Thread(target=repo._store, args=(_plans(batch),))
+        t.start()
+        threads.append(t)
+        time.sleep(0.05)  # a, b, c arrive in this order
+    for t in threads:
+        t.join(10)
+    at = {(what, batch): when for what, batch, when in keeper.events}
+    order = [(what, batch) for what, batch, _ in keeper.events]
+    # mined in the order stored, one batch at a time
+    assert [b for w, b in order if w == "anchor"] == ["a", "b", "c"]
+    assert at[("anchor", "b")] >= at[("anchored", "a")]
+    assert at[("anchor", "c")] >= at[("anchored", "b")]
+    # b stored while a was anchoring: the two stages overlap
+    assert at[("store", "b")] < at[("anchored", "a")]
+    # each batch is indexed only once its block is durable, outside the anchor stage
+    for batch in "abc":
+        assert at[("anchored", batch)] <= at[("durable", str(ord(batch)))]
+        assert at[("durable", str(ord(batch)))] <= at[("indexed", batch)]
+    assert at[("anchor", "b")] < at[("indexed", "a")]  # b's anchors went out meanwhile
+
+
+def test_write_lock_holds_both_stages() -> None:
+    keeper = Keeper(store_s=0.0, anchor_s=0.0)
+    repo = FhirRepository(keeper, SimpleNamespace(), Index(keeper))  # type: ignore[arg-type]
+    with repo.write_lock:  # as DICOMweb's STOW: nobody else stores or anchors meanwhile
+        assert repo._store_lock.locked() and repo._anchor_lock.locked()
+    assert not repo._store_lock.locked() and not repo._anchor_lock.locked()
