@@ -65,6 +65,15 @@ def import_(
     ],
     fhir: FhirOption = DEFAULT_FHIR,
     chunk: Annotated[int, typer.Option(help="Resources per batch request.", min=1)] = 500,
+    parallel: Annotated[
+        int,
+        typer.Option(
+            help="Batch requests in flight at once (the gateway stores one while it anchors "
+            "the one before).",
+            min=1,
+            max=8,
+        ),
+    ] = 2,
     accounts: Annotated[
         Path | None,
         typer.Option(
@@ -117,6 +126,7 @@ def import_(
             send,
             state_dir=home.path / "imports",
             chunk=chunk,
+            parallel=parallel,
             accounts=mapping,
             chain_id=chain_id,
             report=report,

@@ -13,11 +13,15 @@ How it goes:
   between resources of one chunk always resolves; across chunks, the resource named must
   come earlier in that order (or already be on the gateway), else the one naming it is
   reported (422) and can be imported again once it is there;
-- chunks of ``chunk`` resources are sent as ``batch`` Bundles; each failed entry is written to
-  the report (source, place, type, id, status, the OperationOutcome's issues: no values);
-- after every chunk, the number done is saved in the state file, next to the report: run the
-  same command again and it goes on where it stopped. ``restart`` starts over (re-sent
-  resources become new versions).
+- chunks of ``chunk`` resources are sent as ``batch`` Bundles, up to ``parallel`` at once (the
+  gateway stores one while it anchors the one before); a chunk that names a resource of a
+  chunk still in flight waits until that one is answered, so the rule above holds. Each
+  failed entry is written to the report (source, place, type, id, status, the
+  OperationOutcome's issues: no values);
+- answers are counted in order, and after every chunk the number done (all chunks before it
+  answered too) is saved in the state file, next to the report: run the same command again
+  and it goes on where it stopped. ``restart`` starts over (re-sent resources become new
+  versions; so do those of chunks that were in flight when an import stopped).
 
 A Patient owned by a patient account needs the identifier
 ``{"system": "urn:ietf:rfc:3986", "value": "did:pkh:eip155:<chain>:<address>"}``;
@@ -31,19 +35,24 @@ import hashlib
 import json
 import os
 import uuid
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, BinaryIO, Final, cast
 
 from medmesh.errors import InvalidInputError
 from medmesh.interop.fhir.bundles import rename_references
+from medmesh.interop.fhir.params import ref_key
 from medmesh.interop.fhir.repository import ACCOUNT_SYSTEM
+from medmesh.interop.fhir.validation import references
 
-__all__ = ["DEFAULT_CHUNK", "ImportSummary", "Importer", "Item", "read_items"]
+__all__ = ["DEFAULT_CHUNK", "DEFAULT_PARALLEL", "ImportSummary", "Importer", "Item", "read_items"]
 
 DEFAULT_CHUNK: Final = 500
+#: Chunks in flight at once: two keep the gateway's two write stages (store, anchor) busy.
+DEFAULT_PARALLEL: Final = 2
 _NAMESPACE: Final = uuid.UUID("8f7d1a52-6c7e-4d8e-9a55-3b1d2f0c6e11")  # medmesh import ids
 
 # the order of an import: resources are usually referenced by those of a higher rank
@@ -51,6 +60,15 @@ _RANKS: Final = {"Patient": 0, "Encounter": 1, "DiagnosticReport": 3, "ImagingSt
                  "DocumentReference": 3, "Consent": 3}  # fmt: skip
 
 Send = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class _Flight:
+    """A chunk sent to the gateway, not yet answered or not yet counted."""
+
+    items: list[Item]
+    keys: set[str]  # Type/id of its resources
+    answer: Future[dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -166,6 +184,7 @@ class Importer:
         *,
         state_dir: Path,
         chunk: int = DEFAULT_CHUNK,
+        parallel: int = DEFAULT_PARALLEL,
         accounts: dict[str, str] | None = None,
         chain_id: int | None = None,
         report: Path | None = None,
@@ -173,11 +192,14 @@ class Importer:
     ) -> None:
         if chunk < 1:
             raise InvalidInputError("the chunk size must be at least 1")
+        if parallel < 1:
+            raise InvalidInputError("at least one chunk must be in flight")
         if accounts and chain_id is None:
             raise InvalidInputError("accounts need the chain id")
         self.paths = list(paths)
         self.send = send
         self.chunk = chunk
+        self.parallel = parallel
         self.accounts = accounts or {}
         self.chain_id = chain_id
         self.digest = digest_of(self.paths)
@@ -265,44 +287,90 @@ class Importer:
     # -- running -------------------------------------------------------------------------------
 
     def run(self, progress: Callable[[int], None] | None = None) -> ImportSummary:
-        """Send what is left, ``chunk`` resources at a time; ``progress(n)`` after each chunk
-        (n resources done, counting the ones skipped because an earlier run did them)."""
+        """Send what is left, ``chunk`` resources at a time, ``parallel`` chunks at once;
+        ``progress(n)`` after each chunk (n resources done, counting the ones skipped because
+        an earlier run did them)."""
         s = self.summary
         renames = self._renames()
         if progress and s.done:
             progress(s.done)
+        start = s.done
         batch: list[Item] = []
-        with self.report_path.open("a") as report:
-            for position, item in enumerate(self._sequence()):
-                if position < s.done:
-                    continue
-                if item.resource is None:
-                    self._fail(report, item, "400", [{"code": "structure",
-                                                      "diagnostics": item.problem}])  # fmt: skip
-                    s.done += 1
-                    continue
-                batch.append(item)
-                if len(batch) >= self.chunk:
-                    self._flush(batch, renames, report, progress)
-                    batch = []
-            if batch:
-                self._flush(batch, renames, report, progress)
+        flight: deque[_Flight] = deque()  # chunks sent and not yet settled, in order
+
+        with self.report_path.open("a") as report, ThreadPoolExecutor(self.parallel) as pool:
+
+            def settle_first() -> None:
+                done = flight.popleft()
+                self._settle(done.items, done.answer.result(), report, progress)
+
+            def send(items: list[Item]) -> None:
+                bundle, keys, named = self._bundle(items, renames)
+                # at most `parallel` unanswered; one that names a resource of an unanswered
+                # chunk waits for it. (The gateway may answer out of order; answers are
+                # counted in order.)
+                while True:
+                    while flight and flight[0].answer.done():
+                        settle_first()
+                    open_ = [f.answer for f in flight if not f.answer.done()]
+                    if len(open_) < self.parallel and not any(
+                        named & f.keys for f in flight if not f.answer.done()
+                    ):
+                        break
+                    wait(open_, return_when=FIRST_COMPLETED)
+                flight.append(_Flight(items, keys, pool.submit(self.send, bundle)))
+
+            try:
+                for position, item in enumerate(self._sequence()):
+                    if position < start:
+                        continue
+                    if item.resource is None:  # reported in order, after what came before
+                        if batch:
+                            send(batch)
+                            batch = []
+                        while flight:
+                            settle_first()
+                        self._fail(report, item, "400", [{"code": "structure",
+                                                          "diagnostics": item.problem}])  # fmt: skip
+                        s.done += 1
+                        continue
+                    batch.append(item)
+                    if len(batch) >= self.chunk:
+                        send(batch)
+                        batch = []
+                if batch:
+                    send(batch)
+                while flight:
+                    settle_first()
+            finally:
+                for f in flight:  # stopped by an error: do not send what is still queued
+                    f.answer.cancel()
             self._save_state()
         return s
 
-    def _flush(
+    def _bundle(
+        self, items: list[Item], renames: dict[str, str]
+    ) -> tuple[dict[str, Any], set[str], set[str]]:
+        """The batch Bundle of ``items``, the ``Type/id`` of each, and those they name."""
+        entries: list[dict[str, Any]] = []
+        keys: set[str] = set()
+        named: set[str] = set()
+        for item in items:
+            resource = self._prepared(item, renames)
+            key = f"{item.type}/{resource['id']}"
+            keys.add(key)
+            named.update(k for _, ref in references(resource) if (k := ref_key(ref)))
+            entries.append({"resource": resource, "request": {"method": "PUT", "url": key}})
+        bundle = {"resourceType": "Bundle", "type": "batch", "entry": entries}
+        return bundle, keys, named - keys
+
+    def _settle(
         self,
         items: list[Item],
-        renames: dict[str, str],
+        answer: dict[str, Any],
         report: IO[str],
         progress: Callable[[int], None] | None,
     ) -> None:
-        entries = []
-        for item in items:
-            resource = self._prepared(item, renames)
-            entries.append({"resource": resource,
-                            "request": {"method": "PUT", "url": f"{item.type}/{resource['id']}"}})  # fmt: skip
-        answer = self.send({"resourceType": "Bundle", "type": "batch", "entry": entries})
         results = answer.get("entry") if isinstance(answer, dict) else None
         if not isinstance(results, list) or len(results) != len(items):
             raise InvalidInputError("the gateway's batch-response does not match the batch")

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import gzip
 import json
+import threading
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -176,3 +178,82 @@ def test_inputs_gzip_single_resources_and_refusals(tmp_path: Path) -> None:
     next(state.glob("*[0-9a-f].json")).write_text("{broken")
     with pytest.raises(InvalidInputError, match="--restart"):
         Importer([one], Gateway(), state_dir=state)
+
+
+class SlowGateway(Gateway):
+    """A :class:`Gateway` whose calls take ``delay(n)`` seconds (n: the call's number), and
+    which records which calls overlapped."""
+
+    def __init__(self, delay: Any, fail_on: int | None = None) -> None:
+        super().__init__(fail_on)
+        self.delay = delay
+        self.lock = threading.Lock()
+        self.calls = 0
+        self.running: set[int] = set()
+        self.most = 0  # calls running at once, at most
+        self.overlaps: set[frozenset[int]] = set()
+
+    def __call__(self, bundle: dict[str, Any]) -> dict[str, Any]:
+        with self.lock:
+            n = self.calls
+            self.calls += 1
+            for other in self.running:
+                self.overlaps.add(frozenset((n, other)))
+            self.running.add(n)
+            self.most = max(self.most, len(self.running))
+        try:
+            time.sleep(self.delay(n))
+            if self.fail_on == n:
+                raise InvalidInputError("gateway away")
+            with self.lock:
+                self.bundles.append(bundle)
+            return Gateway.__call__(Gateway(), bundle)
+        finally:
+            with self.lock:
+                self.running.discard(n)
+
+
+def test_independent_chunks_are_in_flight_together_and_settled_in_order(tmp_path: Path) -> None:
+    lines: list[Any] = [{"resourceType": "Patient", "id": "p1"}]
+    lines += [_obs("p1", id_=f"o{i}", status="bad" if i == 1 else "final") for i in range(8)]
+    src = _ndjson(tmp_path / "a.ndjson", lines)
+    # chunks: [p1, o0] [o1, o2] [o3, o4] [o5, o6] [o7]; chunk 1 is slow, chunk 2 fast
+    gw = SlowGateway(lambda n: {1: 0.3}.get(n, 0.05))
+    seen: list[int] = []
+    s = Importer([src], gw, state_dir=tmp_path / "s", chunk=2, parallel=2).run(seen.append)
+    assert (s.imported, s.failed, s.done) == (8, 1, 9)
+    assert seen == [2, 2, 2, 2, 1]
+    # chunk 0 holds the Patient the others name: nothing overlaps it; the rest pair up
+    assert not any(0 in pair for pair in gw.overlaps)
+    assert frozenset((1, 2)) in gw.overlaps
+    # chunk 2 answered first: chunk 3 went out while the slow chunk 1 was still working,
+    # but never more than two at once
+    assert frozenset((1, 3)) in gw.overlaps
+    assert gw.most == 2
+    report = [json.loads(x) for x in Path(s.report).read_text().splitlines()]
+    assert [r["id"] for r in report] == ["o1"]
+
+
+def test_a_chunk_answered_early_is_not_counted_before_the_one_before_it(tmp_path: Path) -> None:
+    src = _ndjson(tmp_path / "a.ndjson", [_obs("p1", id_=f"o{i}") for i in range(6)])
+    state = tmp_path / "state"
+    # chunk 0 is slow and then fails; chunk 1 is answered meanwhile
+    gw = SlowGateway(lambda n: 0.3 if n == 0 else 0.0, fail_on=0)
+    imp = Importer([src], gw, state_dir=state, chunk=2, parallel=2)
+    with pytest.raises(InvalidInputError):
+        imp.run()
+    assert frozenset((0, 1)) in gw.overlaps
+    assert imp.summary.done == 0  # chunk 1's answer came, but chunk 0 had none
+    again = Importer([src], Gateway(), state_dir=state, chunk=2)
+    assert again.summary.resumed_at == 0
+    assert again.run().imported == 6
+
+
+def test_one_chunk_at_a_time_when_asked(tmp_path: Path) -> None:
+    src = _ndjson(tmp_path / "a.ndjson", [_obs("p1", id_=f"o{i}") for i in range(6)])
+    gw = SlowGateway(lambda n: 0.05)
+    s = Importer([src], gw, state_dir=tmp_path / "s", chunk=2, parallel=1).run()
+    assert s.imported == 6 and gw.calls == 3
+    assert gw.overlaps == set()
+    with pytest.raises(InvalidInputError, match="in flight"):
+        Importer([src], gw, state_dir=tmp_path / "s", parallel=0)
