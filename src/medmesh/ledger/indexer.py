@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Final
 
@@ -295,6 +295,32 @@ def ensure_schema(engine: sa.Engine) -> None:
                 raise
 
 
+@dataclass
+class _Bulk:
+    """Rows of the commonest events of a range, written with a few statements instead of
+    one each: ``AccessLogged`` rows, and ``Anchored`` ones with the versions they supersede.
+    Flushed before any other event is applied, so events still apply in chain order."""
+
+    accesses: list[dict[str, Any]] = field(default_factory=list)
+    anchors: list[dict[str, Any]] = field(default_factory=list)
+
+    def flush(self, conn: sa.Connection) -> None:
+        if self.anchors:
+            conn.execute(sa.insert(records_t), self.anchors)
+            replaced = [{"old": a["supersedes"]} for a in self.anchors if a["supersedes"]]
+            if replaced:
+                conn.execute(
+                    sa.update(records_t)
+                    .where(records_t.c.record == sa.bindparam("old"))
+                    .values(superseded=True),
+                    replaced,
+                )
+            self.anchors = []
+        if self.accesses:
+            conn.execute(sa.insert(access_t), self.accesses)
+            self.accesses = []
+
+
 class Indexer:
     """Follows the medmesh contracts of ``ledger`` into the database at ``url``."""
 
@@ -385,13 +411,12 @@ class Indexer:
         if not isinstance(end_header, dict):
             return 0  # the chain moved under us; the next sync retries
         with self.engine.begin() as conn:
-            accesses: list[dict[str, Any]] = []  # the bulk of the events: one insert for all
+            bulk = _Bulk()  # the bulk of the events (accesses, anchors): a few statements
             for log in logs:
                 if log.get("removed"):
                     continue
-                self._apply(conn, log, times[int(log["blockNumber"], 16)], accesses)
-            if accesses:
-                conn.execute(sa.insert(access_t), accesses)
+                self._apply(conn, log, times[int(log["blockNumber"], 16)], bulk)
+            bulk.flush(conn)
             values = {
                 "chain_id": self.ledger.book.chain_id,
                 "registry": self.ledger.book.contracts["Registry"],
@@ -407,9 +432,7 @@ class Indexer:
                 conn.execute(sa.insert(cursor_t).values(id=1, **values))
         return len(logs)
 
-    def _apply(
-        self, conn: sa.Connection, log: dict[str, Any], at: int, accesses: list[dict[str, Any]]
-    ) -> None:
+    def _apply(self, conn: sa.Connection, log: dict[str, Any], at: int, bulk: _Bulk) -> None:
         contract = self._contracts.get(checksum(log["address"]))
         decoded = contract.codec.decode(log) if contract is not None else None
         if decoded is None:
@@ -419,15 +442,25 @@ class Indexer:
         index = int(log["logIndex"], 16)
         tx = log["transactionHash"]
         if name == "AccessLogged":
-            accesses.append(
+            bulk.accesses.append(
                 {"block": block, "log_index": index, "patient": args["patient"],
                  "accessor": args["accessor"], "record": _hex(args["record"]),
                  "purpose": int(args["purpose"]), "at": int(args["at"]),
                  "gateway": args["gateway"], "tx": tx}
             )  # fmt: skip
             return
+        if name == "Anchored":
+            supersedes = bytes(args["supersedes"])
+            bulk.anchors.append(
+                {"record": _hex(args["record"]), "patient": checksum(args["patient"]),
+                 "kind": _hex(args["kind"]), "supersedes": _hex(supersedes) if any(supersedes) else None,
+                 "author": checksum(args["author"]), "cid": bytes(args["cid"]), "anchored_at": at,
+                 "block": block, "tx": tx, "superseded": False, "erased": False}
+            )  # fmt: skip
+            return
         handler = getattr(self, f"_on_{name}", None)
         if handler is not None:  # Transfer, Approval, RoleGranted, ... are not indexed
+            bulk.flush(conn)  # what came before it first (an Erased may name a new record)
             handler(conn, args, block=block, index=index, tx=tx, at=at)
 
     # Registry
@@ -466,22 +499,6 @@ class Indexer:
         self._upsert_participant(conn, a["account"], m["block"], metadata_uri=a["metadata_uri"])
 
     # Records
-
-    def _on_Anchored(self, conn: sa.Connection, a: dict[str, Any], **m: Any) -> None:
-        supersedes = bytes(a["supersedes"])
-        conn.execute(
-            sa.insert(records_t).values(
-                record=_hex(a["record"]), patient=checksum(a["patient"]), kind=_hex(a["kind"]),
-                supersedes=_hex(supersedes) if any(supersedes) else None, author=checksum(a["author"]),
-                cid=bytes(a["cid"]), anchored_at=m["at"], block=m["block"], tx=m["tx"], superseded=False, erased=False,
-            )
-        )  # fmt: skip
-        if any(supersedes):
-            conn.execute(
-                sa.update(records_t)
-                .where(records_t.c.record == _hex(supersedes))
-                .values(superseded=True)
-            )
 
     def _on_Erased(self, conn: sa.Connection, a: dict[str, Any], **m: Any) -> None:
         conn.execute(
