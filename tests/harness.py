@@ -126,17 +126,25 @@ class LocalCluster:
         node.service = self._service(node.data)
         self._run(self._start(node))
 
-    def corrupt(self, i: int, *, keep: Callable[[Path], bool] | None = None) -> int:
-        """Flip a byte in every block file node ``i`` holds; returns how many."""
+    def corrupt(self, i: int, *, keep: Callable[[Cid, bytes], bool] | None = None) -> int:
+        """Flip a byte on disk in every block node ``i`` holds; returns how many.
+
+        Blocks in pack files and in their own files alike (the store says where each one's
+        bytes are). ``keep(cid, data)`` spares the blocks it is true for.
+        """
+        store = self.nodes[i].service.store
         count = 0
-        for path in (self.nodes[i].data / "blocks").rglob("*.data"):
-            if keep is not None and keep(path):
+        for cid in list(store.keys()):
+            data = store.get(cid)
+            where = store.location(cid)
+            if not data or where is None or (keep is not None and keep(cid, data)):
                 continue
-            raw = bytearray(path.read_bytes())
-            if not raw:
-                continue
-            raw[len(raw) // 2] ^= 0x01
-            path.write_bytes(bytes(raw))
+            path, offset, length = where
+            with path.open("r+b") as fh:
+                fh.seek(offset + length // 2)
+                byte = fh.read(1)[0]
+                fh.seek(offset + length // 2)
+                fh.write(bytes([byte ^ 0x01]))
             count += 1
         return count
 

@@ -20,6 +20,7 @@ import pytest
 from medmesh.devnet import Devnet
 from medmesh.identity import Wallet
 from medmesh.storage.block import Block
+from medmesh.storage.blockstore import Blockstore
 from medmesh.storage.cid import Cid
 from medmesh.storage.transport import NodeClient, open_session
 
@@ -164,6 +165,10 @@ def test_untrusted_writer_is_refused_by_the_process(
         assert stop(proc) == 0
     assert outcome == "AuthError"
     assert not any((tmp_path / "node" / "blocks").rglob("*.data"))
+    assert not any(p.stat().st_size for p in (tmp_path / "node" / "packs").glob("*.pack"))
+    store = Blockstore(tmp_path / "node")
+    assert list(store.keys()) == []
+    store.close()
 
 
 # -- devnet --------------------------------------------------------------------------------

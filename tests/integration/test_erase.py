@@ -18,6 +18,7 @@ from medmesh.devnet import Devnet
 from medmesh.errors import NotFoundError
 from medmesh.identity import Wallet
 from medmesh.storage.backends.network import NetworkStore
+from medmesh.storage.blockstore import Blockstore
 from medmesh.storage.cid import Cid
 from medmesh.storage.client import Client
 from medmesh.storage.transport import NodeClient, open_session
@@ -51,7 +52,15 @@ def client_for(urls: list[str], wallet: Wallet) -> Client:
 
 
 def block_files(net: Devnet) -> list[set[str]]:
-    return [{p.name for p in (Path(s.data) / "blocks").rglob("*.data")} for s in net.status()]
+    """The blocks each node's disk holds (packed or in their own files), as CIDs."""
+    held = []
+    for s in net.status():
+        store = Blockstore(Path(s.data))  # beside the running node: the index is shared
+        try:
+            held.append(set(map(str, store.keys())))
+        finally:
+            store.close()
+    return held
 
 
 def providers(url: str, cid: Cid) -> set[str]:

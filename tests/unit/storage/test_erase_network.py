@@ -1,8 +1,8 @@
 """Erasing objects from a network of real nodes over loopback HTTP (``NetworkStore.erase``).
 
 Each test stores sealed records 3-of-5 on five nodes (:class:`tests.harness.LocalCluster`)
-and checks the nodes' block folders file by file: an erased object leaves nothing behind
-(shares, DAG nodes, manifest), and everything else stays.
+and checks the nodes' blockstores block by block: an erased object leaves nothing behind
+(shares, DAG nodes, manifest), not even its bytes in a pack file, and everything else stays.
 """
 
 from __future__ import annotations
@@ -47,8 +47,15 @@ def client_for(cluster: LocalCluster, wallet: Wallet, urls: list[str] | None = N
 
 
 def block_files(cluster: LocalCluster) -> list[set[str]]:
-    """The block file names each node holds."""
-    return [{p.name for p in (n.data / "blocks").rglob("*.data")} for n in cluster.nodes]
+    """The blocks each node holds (packed or in their own files), as CIDs."""
+    return [set(map(str, n.service.store.keys())) for n in cluster.nodes]
+
+
+def disk_bytes(cluster: LocalCluster) -> bytes:
+    """Every file of every node, raw (block files, pack files, indexes)."""
+    return b"".join(
+        p.read_bytes() for n in cluster.nodes for p in sorted(n.data.rglob("*")) if p.is_file()
+    )
 
 
 def put(cluster: LocalCluster, wallet: Wallet, seed: int) -> tuple[PutResult, list[set[str]]]:
@@ -86,6 +93,9 @@ def test_erase_removes_every_block_from_every_node_and_nothing_else(
     assert a.manifest is not None
     assert all(cluster.holds(i, a.manifest) for i in range(5))
     assert object_info_everywhere(cluster, a.cid) == ["found"] * 5
+    a_bytes = [
+        n.service.store.get(Cid.parse(c)) for i, n in enumerate(cluster.nodes) for c in added_a[i]
+    ]
 
     # Execute (the sync facade, with the CID as text)
     report = client_for(cluster, wallet).erase(str(a.cid))
@@ -100,6 +110,8 @@ def test_erase_removes_every_block_from_every_node_and_nothing_else(
     for i in range(5):
         assert held[i] == added_b[i], f"node {i}"
         assert not cluster.holds(i, a.manifest) and not cluster.holds(i, a.cid)
+    raw = disk_bytes(cluster)  # the erased blocks' bytes are gone from the disks too
+    assert not [d for d in a_bytes if len(d) >= 32 and d in raw]
     assert object_info_everywhere(cluster, a.cid) == ["NotFoundError"] * 5
     client = client_for(cluster, wallet)
     with pytest.raises(NotFoundError):

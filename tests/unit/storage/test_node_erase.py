@@ -140,6 +140,8 @@ def test_erase_deletes_every_block_of_the_object_and_forgets_it(
     assert held(service, obj.blocks) == obj.blocks
     assert len(obj.manifest_blocks) == 2  # the root and one stripe table
 
+    contents = [service.store.get(c) for c in obj.blocks]
+
     # Execute
     status, _, body = erase(service, wallet, obj.cid)
 
@@ -148,7 +150,11 @@ def test_erase_deletes_every_block_of_the_object_and_forgets_it(
     assert json.loads(body) == {"object": str(obj.cid), "deleted": len(obj.blocks)}
     assert held(service, obj.blocks) == set()
     assert service.store.stats().blocks == 0
+    assert list(service.store.keys()) == []
     assert list(service.store.blocks_dir.rglob("*.data")) == []
+    packs = b"".join(p.read_bytes() for p in service.store.packs_dir.glob("*.pack"))
+    assert packs and not packs.strip(b"\0")  # erased: not a byte of any block is left
+    assert not [d for d in contents if d in packs]
     assert service.manifests(obj.cid) == []
     again = erase(service, wallet, obj.cid)
     assert again[0] == 404

@@ -147,7 +147,14 @@ def files_under(root: Path) -> dict[str, int]:
 
 
 def block_files(service: NodeService) -> set[str]:
-    return {p.name for p in service.store.blocks_dir.rglob("*") if p.is_file()}
+    """What the node's disk holds of blocks: files by name, packed blocks by CID, and every
+    pack file with a byte in it (a refused write must not append any)."""
+    store = service.store
+    files = {p.name for p in store.blocks_dir.rglob("*") if p.is_file()}
+    held = list(store.keys())
+    packed = {str(c) for c in held if store.path_of(c) is None}
+    packs = {p.name for p in store.packs_dir.glob("*.pack") if p.stat().st_size}
+    return files | packed | packs
 
 
 def small_dag(seed: int = 0) -> tuple[Cid, dict[Cid, bytes]]:
@@ -500,8 +507,8 @@ def test_mismatching_body_is_400_and_stores_nothing(
     assert error_of(answer) == "block_mismatch"
     assert not service.store.has(cid)
     assert block_files(service) == set()
-    assert {k for k in files_under(tmp_path) if "blocks" in k} == {
-        k for k in before if "blocks" in k
+    assert {k: v for k, v in files_under(tmp_path).items() if "blocks" in k or "packs" in k} == {
+        k: v for k, v in before.items() if "blocks" in k or "packs" in k
     }
 
 
@@ -524,7 +531,7 @@ def test_body_over_the_block_limit_is_413_and_stores_nothing(
         assert error_of(too_big) == "too_large"
         assert not svc.store.has(Cid.of(big))
         assert ok[0] == 201
-        assert block_files(svc) == {svc.store.path_of(Cid.of(fits)).name}  # type: ignore[union-attr]
+        assert block_files(svc) == {str(Cid.of(fits)), "00000001.pack"}  # packed: 1 KiB
     finally:
         svc.close()
 

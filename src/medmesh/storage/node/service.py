@@ -114,6 +114,7 @@ class NodeService:
         with self._db_lock:
             self._db.close()
         self.replay_guard.close()
+        self.store.close()
 
     # -- blocks ------------------------------------------------------------------------
     def get_block(self, cid: Cid) -> bytes:
