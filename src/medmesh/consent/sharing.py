@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,7 +35,7 @@ from medmesh.errors import InvalidInputError, NotFoundError
 from medmesh.identity.wallet import Wallet
 from medmesh.ledger.client import Ledger
 from medmesh.ledger.contracts import Purpose, Scope, kind_tag, record_id
-from medmesh.ledger.indexer import Indexer, RecordRow
+from medmesh.ledger.indexer import GrantRow, Indexer, RecordRow
 from medmesh.ledger.tx import Receipt
 from medmesh.storage.cid import Cid
 from medmesh.storage.client import Client, PutResult, Source
@@ -153,14 +153,17 @@ class RecordKeeper:
             out[account] = EncryptionPublicKey.from_bytes("x25519", raw)
         return out
 
-    def _covering_grantees(self, patient: str, kind: str) -> list[str]:
+    def _covering_grantees(
+        self, patient: str, kind: str, grants: Sequence[GrantRow] | None = None
+    ) -> list[str]:
         """Current kind or all-records grantees of ``patient`` for ``kind`` (from the index,
-        which the caller has synced)."""
+        which the caller has synced; or from ``grants``, the patient's current ones)."""
         tag_scope = Scope.kind(kind).word
-        now = time.time()
+        if grants is None:
+            grants = self.indexer.grants(patient=patient, active_at=time.time())
         grantees = {
             g.grantee
-            for g in self.indexer.grants(patient=patient, active_at=now)
+            for g in grants
             if not g.break_glass and g.scope in (tag_scope, Scope.all().word)
         }
         return sorted(grantees)
@@ -235,8 +238,11 @@ class RecordKeeper:
         owners = [
             to_checksum_address(i.patient) if i.patient else self.wallet.address for i in items
         ]
+        current: dict[str, list[GrantRow]] = {owner: [] for owner in owners}
+        for g in self.indexer.grants(patients=list(current), active_at=time.time()):
+            current[g.patient].append(g)  # every owner's grants in one query
         whom = {
-            (owner, item.kind): [owner, *self._covering_grantees(owner, item.kind)]
+            (owner, item.kind): [owner, *self._covering_grantees(owner, item.kind, current[owner])]
             for owner, item in zip(owners, items, strict=True)
         }
         # as _recipients does, with every key the batch needs asked in one request
@@ -256,11 +262,18 @@ class RecordKeeper:
         stored = asyncio.run(store_all())
         return StoredRecords(list(items), owners, plan, stored)
 
-    def anchor_stored(self, batch: StoredRecords, *, durable: bool = True) -> list[PutRecord]:
+    def anchor_stored(
+        self,
+        batch: StoredRecords,
+        *,
+        durable: bool = True,
+        on_sent: Callable[[], None] | None = None,
+    ) -> list[PutRecord]:
         """The second half of :meth:`put_many`: anchor what :meth:`store_many` stored.
 
         ``durable=False``: return once mined; the caller waits for durability itself
-        (``ledger.make_durable``), after letting the next batch anchor.
+        (``ledger.make_durable``). ``on_sent``: called once every anchor is sent, before
+        they are mined (see ``Records.anchor_many``).
         """
         if not batch.items:
             return []
@@ -270,7 +283,7 @@ class RecordKeeper:
             for item, owner, put in zip(batch.items, batch.owners, batch.stored, strict=True)
         ]  # fmt: skip
         # 256 per transaction; durable unless the caller waits for it
-        anchored = self.ledger.records.anchor_many(entries, durable=durable)
+        anchored = self.ledger.records.anchor_many(entries, durable=durable, on_sent=on_sent)
         return [
             PutRecord(put.cid, a.record, item.kind, put.size, len(keys_) + 1, a.tx_hash, a.block_number)
             for item, put, keys_, a in zip(batch.items, batch.stored, batch.recipients, anchored, strict=True)

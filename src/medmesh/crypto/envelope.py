@@ -43,8 +43,11 @@ __all__ = [
     "NoCapsuleError",
     "RecordOpener",
     "RecordSealer",
+    "SealJob",
     "open_record",
     "read_prefix",
+    "seal_job",
+    "seal_one",
     "seal_record",
     "wrap_for_record",
 ]
@@ -104,6 +107,23 @@ class RecordSealer:
         if self._prefix is not None:
             out, self._prefix = self._prefix + out, None
         return out
+
+
+#: A record to seal in another process: its plaintext and each recipient's (suite, key).
+SealJob = tuple[bytes, tuple[tuple[str, bytes], ...]]
+
+
+def seal_job(data: bytes, recipients: Sequence[EncryptionPublicKey]) -> SealJob:
+    """What :func:`seal_one` needs, as plain picklable values."""
+    return bytes(data), tuple((r.suite, r.to_bytes()) for r in recipients)
+
+
+def seal_one(job: SealJob) -> bytes:
+    """Seal one small record in one piece (a module-level function: a worker process can
+    run it, ``medmesh.workers``)."""
+    data, keys = job
+    sealer = RecordSealer([EncryptionPublicKey.from_bytes(suite, raw) for suite, raw in keys])
+    return sealer.update(data) + sealer.finalize()
 
 
 def seal_record(

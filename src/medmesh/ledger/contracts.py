@@ -335,13 +335,21 @@ class RecordsContract(Contract):
         return [self._anchor_many_tx(plan, tx) for tx in range(len(plan.transactions))]
 
     def anchor_many(
-        self, entries: Sequence[AnchorEntry], *, timeout: float = 60.0, durable: bool = True
+        self,
+        entries: Sequence[AnchorEntry],
+        *,
+        timeout: float = 60.0,
+        durable: bool = True,
+        on_sent: Callable[[], None] | None = None,
     ) -> list[AnchoredRecord]:
         """Anchor record versions, :data:`ANCHOR_MANY_MAX` per transaction; return once all
         are mined (and durable, on the local chain), one :class:`AnchoredRecord` per entry.
         With ``durable=False`` it returns once they are mined, and the caller makes them
         durable (:meth:`Ledger.make_durable`) before it reports them anchored: a writer can
         send its next anchors meanwhile. (On an error it still waits, as without.)
+        ``on_sent`` is called once the last transaction is sent, before waiting for it to
+        be mined: a writer's next transactions, sent after it, come after these in nonce
+        order and are mined after them (or in the same block).
 
         Each entry is ``(patient, cid, kind, supersedes)``: records of the sender need no
         consent, another patient's need its CONTRIBUTE consent for the kind, exactly as
@@ -386,9 +394,12 @@ class RecordsContract(Contract):
             # of the same sender did not (it tries it, finds its nonce too high, discards it):
             # limits that never decrease make the later ones wait for the next block too
             limits = list(itertools.accumulate(limits, max))
-            for batch in rounds(limits, block_gas):
+            batches = rounds(limits, block_gas)
+            for batch in batches:
                 sent = [dataclasses.replace(calls[k], gas=limits[k]) for k in batch]
                 hashes = sender.send_many(sent)
+                if on_sent is not None and wave is plan.waves[-1] and batch is batches[-1]:
+                    on_sent()
                 receipts = sender.wait(hashes, timeout=timeout, calls=sent, check=False)
                 for k, receipt in zip(batch, receipts, strict=True):
                     if receipt.status == 1:

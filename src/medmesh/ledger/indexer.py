@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Final
@@ -599,11 +600,15 @@ class Indexer:
         patient: str | None = None,
         grantee: str | None = None,
         active_at: float | None = None,
+        patients: Sequence[str] | None = None,
     ) -> list[GrantRow]:
-        """Current grants (optionally only those not expired at ``active_at``)."""
+        """Current grants (optionally only those not expired at ``active_at``), of
+        ``patient`` or of any of ``patients`` (one query for many)."""
         query = sa.select(grants_t)
         if patient:
             query = query.where(grants_t.c.patient == checksum(patient))
+        if patients is not None:
+            query = query.where(grants_t.c.patient.in_({checksum(p) for p in patients}))
         if grantee:
             query = query.where(grants_t.c.grantee == checksum(grantee))
         if active_at is not None and active_at >= 0:  # (every uint64 is > a negative time)

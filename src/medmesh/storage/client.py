@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
-from medmesh.crypto.envelope import RecordOpener, RecordSealer
+from medmesh.crypto.envelope import RecordOpener, RecordSealer, seal_job, seal_one
 from medmesh.crypto.keys import EncryptionPublicKey
 from medmesh.errors import InvalidInputError, MedmeshError, StorageError
 from medmesh.identity.wallet import Wallet
@@ -34,6 +34,7 @@ from medmesh.storage.backends.base import (
     VerifyReport,
 )
 from medmesh.storage.cid import Cid
+from medmesh.workers import map_batch
 
 __all__ = ["BatchPutError", "Client", "GetResult", "PutResult"]
 
@@ -187,7 +188,8 @@ class Client:
         network store, each node gets one signed upload and one signed registration per
         chunk of up to ``StoreParams.batch_objects`` records (or
         ``StoreParams.batch_object_bytes`` bytes) instead of two of each per record;
-        sealing and encoding run in a worker thread, one chunk ahead of the uploads.
+        sealing runs in worker processes for a large batch (:mod:`medmesh.workers`) and
+        encoding in a worker thread, one chunk ahead of the uploads.
 
         Returns one :class:`PutResult` per record, in order. If some records could not be
         stored, raises :class:`BatchPutError` after the others were: its ``results`` hold
@@ -201,12 +203,10 @@ class Client:
             if not isinstance(data, bytes | bytearray | memoryview):
                 raise InvalidInputError("aput_many takes records as bytes")
 
-        def sealed() -> Iterator[bytes]:  # runs in the store's worker thread
-            for data, recipients in items:
-                sealer = RecordSealer([me, *recipients])
-                yield sealer.update(data) + sealer.finalize()
-
-        outcomes = await self.store.put_many(sealed())
+        # sealed in worker processes for a large batch (medmesh.workers), consumed lazily
+        # by the store's worker thread, which encodes and uploads as they come
+        jobs = [seal_job(data, [me, *recipients]) for data, recipients in items]
+        outcomes = await self.store.put_many(map_batch(seal_one, jobs))
         results: list[PutResult | None] = []
         errors: dict[int, MedmeshError] = {}
         for i, ((data, _), got) in enumerate(zip(items, outcomes, strict=True)):

@@ -227,3 +227,19 @@ def test_durable_false_leaves_the_wait_for_durability_to_the_caller(net: Net) ->
     assert waited == [mined[-1].block_number]
     more = ledger.records.anchor_many([(patient.address, cid(), KINDS[1], ZERO)])
     assert waited == [mined[-1].block_number, more[0].block_number]  # the default waits
+
+
+def test_on_sent_comes_once_after_the_last_transaction_is_sent(net: Net) -> None:
+    (patient,) = net.wallets(1)
+    ledger = net.ledger(patient)
+    entries: list[AnchorEntry] = [(patient.address, cid(), KINDS[0], ZERO) for _ in range(300)]
+    # the last entry supersedes the first: a second wave, sent once the first is mined
+    entries[299] = (patient.address, cid(), KINDS[0], record_id(patient.address, entries[0][1]))
+    seen: list[bool] = []
+
+    def on_sent() -> None:  # (whether the last is mined yet depends on the block clock)
+        seen.append(ledger.records.anchor_of(record_id(patient.address, entries[0][1])).exists)
+
+    done = ledger.records.anchor_many(entries, on_sent=on_sent)
+    assert len(done) == 300
+    assert seen == [True]  # once, after the first wave was mined and the last one sent

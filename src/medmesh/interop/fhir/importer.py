@@ -13,7 +13,8 @@ How it goes:
   between resources of one chunk always resolves; across chunks, the resource named must
   come earlier in that order (or already be on the gateway), else the one naming it is
   reported (422) and can be imported again once it is there;
-- chunks of ``chunk`` resources are sent as ``batch`` Bundles, up to ``parallel`` at once (the
+- chunks of ``chunk`` resources (one rank each: the Patients' chunk is not held up by a
+  thousand Observations) are sent as ``batch`` Bundles, up to ``parallel`` at once (the
   gateway stores one while it anchors the one before); a chunk that names a resource of a
   chunk still in flight waits until that one is answered, so the rule above holds. Each
   failed entry is written to the report (source, place, type, id, status, the
@@ -60,6 +61,10 @@ _RANKS: Final = {"Patient": 0, "Encounter": 1, "DiagnosticReport": 3, "ImagingSt
                  "DocumentReference": 3, "Consent": 3}  # fmt: skip
 
 Send = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+def _rank(item: Item) -> int:
+    return _RANKS.get(item.type, 2)
 
 
 @dataclass(frozen=True)
@@ -247,7 +252,7 @@ class Importer:
         for rank in range(4):
             for path in self.paths:
                 for item in read_items(path):
-                    if _RANKS.get(item.type, 2) == rank:
+                    if _rank(item) == rank:
                         yield item
 
     def count(self) -> int:
@@ -334,6 +339,9 @@ class Importer:
                                                           "diagnostics": item.problem}])  # fmt: skip
                         s.done += 1
                         continue
+                    if batch and _rank(batch[-1]) != _rank(item):
+                        send(batch)  # a chunk per rank: the next ones, naming it, wait less
+                        batch = []
                     batch.append(item)
                     if len(batch) >= self.chunk:
                         send(batch)

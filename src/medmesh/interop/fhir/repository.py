@@ -156,12 +156,13 @@ class FhirRepository:
         self._clock = clock
         self._sync_lock = asyncio.Lock()
         # Writes go through two stages, one batch in each at a time: storing (the keeper's
-        # storage client serves one event loop at a time) and anchoring until mined. A batch
-        # takes the anchor lock before it lets go of the store lock, so batches are mined in
-        # the order they stored (an update may supersede the batch before) while the next
-        # one is sealed and stored; waiting for durability and indexing come after, outside
-        # both. ``write_lock`` takes both, for writers that do everything in one go
-        # (DICOMweb's STOW).
+        # storage client serves one event loop at a time) and sending anchors. A batch takes
+        # the anchor lock before it lets go of the store lock, and lets go of it once its
+        # anchors are sent: the wallet's nonces order the batches' transactions as they
+        # stored, so they are mined in that order (in one block or in turn), while the next
+        # batch is sealed and stored. Waiting to be mined and durable, and indexing, come
+        # after, outside both. ``write_lock`` takes both, for writers that do everything in
+        # one go (DICOMweb's STOW).
         self._store_lock = threading.Lock()
         self._anchor_lock = threading.Lock()
         self.write_lock = _BothLocks(self._store_lock, self._anchor_lock)
@@ -386,10 +387,17 @@ class FhirRepository:
         with self._store_lock:
             stored = self.keeper.store_many(items)
             self._anchor_lock.acquire()  # before the next batch may store: see __init__
-        try:  # mined in order; the next batch sends its anchors while these become durable
-            puts = self.keeper.anchor_stored(stored, durable=False)
+        held = [True]
+
+        def let_go() -> None:  # once our anchors are sent: the next batch's go after them
+            if held[0]:
+                held[0] = False
+                self._anchor_lock.release()
+
+        try:
+            puts = self.keeper.anchor_stored(stored, durable=False, on_sent=let_go)
         finally:
-            self._anchor_lock.release()
+            let_go()
         if puts:
             self.ledger.make_durable(max(put.block for put in puts))
         times = self._block_times({put.block for put in puts})

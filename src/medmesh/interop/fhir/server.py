@@ -17,6 +17,7 @@ from typing import Final
 
 from fastapi import FastAPI
 
+from medmesh import workers
 from medmesh.consent.gateway import Gateway, create_app
 from medmesh.consent.sharing import RecordKeeper
 from medmesh.errors import MedmeshError
@@ -79,6 +80,7 @@ class FhirService:
     @contextlib.asynccontextmanager
     async def lifespan(self, app: FastAPI) -> AsyncIterator[None]:
         task = asyncio.create_task(self._follow(), name="medmesh-fhir-sync")
+        workers.warm()  # batches (imports) seal records in worker processes
         try:
             yield
         finally:

@@ -77,7 +77,9 @@ def test_patients_first_fixed_ids_and_failures_reported(tmp_path: Path) -> None:
         "Observation",
         "Observation",
     ]
-    assert [len(b["entry"]) for b in gw.bundles] == [2, 2]  # chunks of 2, patients first
+    # chunks of 2, one rank each: the Patient first, alone; the unreadable line after o1
+    # is reported in its place, after o1's chunk
+    assert [len(b["entry"]) for b in gw.bundles] == [1, 1, 2]
     no_id = sent[2]["id"]
     assert str(uuid.UUID(no_id)) == no_id
     assert (s.imported, s.failed, s.done) == (3, 3, 6)
@@ -217,12 +219,12 @@ def test_independent_chunks_are_in_flight_together_and_settled_in_order(tmp_path
     lines: list[Any] = [{"resourceType": "Patient", "id": "p1"}]
     lines += [_obs("p1", id_=f"o{i}", status="bad" if i == 1 else "final") for i in range(8)]
     src = _ndjson(tmp_path / "a.ndjson", lines)
-    # chunks: [p1, o0] [o1, o2] [o3, o4] [o5, o6] [o7]; chunk 1 is slow, chunk 2 fast
+    # chunks: [p1] [o0, o1] [o2, o3] [o4, o5] [o6, o7]; chunk 1 is slow, chunk 2 fast
     gw = SlowGateway(lambda n: {1: 0.3}.get(n, 0.05))
     seen: list[int] = []
     s = Importer([src], gw, state_dir=tmp_path / "s", chunk=2, parallel=2).run(seen.append)
     assert (s.imported, s.failed, s.done) == (8, 1, 9)
-    assert seen == [2, 2, 2, 2, 1]
+    assert seen == [1, 2, 2, 2, 2]
     # chunk 0 holds the Patient the others name: nothing overlaps it; the rest pair up
     assert not any(0 in pair for pair in gw.overlaps)
     assert frozenset((1, 2)) in gw.overlaps

@@ -1,0 +1,64 @@
+"""medmesh.workers: large batches run in worker processes, in order; small ones inline."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from medmesh import workers
+from medmesh.crypto.envelope import open_record, seal_job, seal_one
+from medmesh.crypto.keys import EncryptionPrivateKey
+from medmesh.errors import InvalidInputError
+
+
+def where(n: int) -> tuple[int, int]:
+    return n * n, os.getpid()
+
+
+def fails_on_seven(n: int) -> int:
+    if n == 7:
+        raise InvalidInputError("seven is refused")
+    return n
+
+
+def test_a_large_batch_runs_in_another_process_in_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MEDMESH_WORKERS", "1")
+    got = list(workers.map_batch(where, list(range(workers.MIN_BATCH))))
+    assert [sq for sq, _ in got] == [n * n for n in range(workers.MIN_BATCH)]
+    assert {pid for _, pid in got} - {os.getpid()}  # computed elsewhere
+
+
+def test_a_small_batch_runs_inline() -> None:
+    got = list(workers.map_batch(where, [1, 2, 3]))
+    assert got == [(1, os.getpid()), (4, os.getpid()), (9, os.getpid())]
+
+
+def test_an_error_reaches_the_caller(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MEDMESH_WORKERS", "1")
+    results = workers.map_batch(fails_on_seven, list(range(workers.MIN_BATCH)))
+    with pytest.raises(InvalidInputError, match="seven is refused"):
+        list(results)
+
+
+def test_workers_can_be_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MEDMESH_WORKERS", "0")
+    monkeypatch.setattr(workers, "_pool", None)
+    assert workers.worker_count() == 0
+    got = list(workers.map_batch(where, list(range(workers.MIN_BATCH))))
+    assert {pid for _, pid in got} == {os.getpid()}
+
+
+def test_records_sealed_in_a_worker_open_for_each_recipient(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("MEDMESH_WORKERS", "1")
+    alice, bob = EncryptionPrivateKey.generate(), EncryptionPrivateKey.generate("mlkem768-x25519")
+    plain = [b"record %d" % i for i in range(workers.MIN_BATCH)]
+    jobs = [seal_job(p, [alice.public_key(), bob.public_key()]) for p in plain]
+    sealed = list(workers.map_batch(seal_one, jobs))
+    assert len({s[-32:] for s in sealed}) == len(plain)  # a fresh data key each
+    for p, s in zip(plain, sealed, strict=True):
+        assert p not in s
+        assert b"".join(open_record([s], [alice])) == p
+        assert b"".join(open_record([s], [bob])) == p
