@@ -316,7 +316,7 @@ def main() -> int:
     ap.add_argument("--patients", type=int, default=50)
     ap.add_argument("--chunk", type=int, default=1000, help="resources per batch Bundle")
     ap.add_argument(
-        "--parallel", type=int, default=2, help="batch Bundles in flight (as `fhir import`)"
+        "--parallel", type=int, default=3, help="batch Bundles in flight (as `fhir import`)"
     )
     ap.add_argument("--reads", type=int, default=4000)
     ap.add_argument("--clients", type=int, default=4, help="client processes for the reads")

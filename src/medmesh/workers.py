@@ -77,4 +77,6 @@ def warm() -> None:
 
 
 def _ready() -> None:
-    import medmesh.crypto.envelope  # noqa: F401  (what sealing needs, imported once)
+    # what sealing and FHIR validation need, imported once (fhir.resources: ~1 s)
+    import medmesh.crypto.envelope
+    import medmesh.interop.fhir.validation  # noqa: F401

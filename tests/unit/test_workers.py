@@ -62,3 +62,22 @@ def test_records_sealed_in_a_worker_open_for_each_recipient(
         assert p not in s
         assert b"".join(open_record([s], [alice])) == p
         assert b"".join(open_record([s], [bob])) == p
+
+
+def test_objects_encoded_in_a_worker_are_those_encoded_inline(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from medmesh.storage.batch import _encode_job, encode_object
+    from medmesh.storage.uploader import StoreParams
+
+    monkeypatch.setenv("MEDMESH_WORKERS", "1")
+    params = StoreParams(k=2, n=3)
+    jobs = [(i, os.urandom(900 + i), params) for i in range(workers.MIN_BATCH)]
+    remote = list(workers.map_batch(_encode_job, jobs))
+    for job, got in zip(jobs, remote, strict=True):
+        want = encode_object(*job)
+        assert (got.index, got.root, got.manifest_cid, got.salt) == (
+            want.index, want.root, want.manifest_cid, want.salt
+        )  # fmt: skip
+        assert [b.cid for b in got.meta] == [b.cid for b in want.meta]
+        assert [st.shares for st in got.stripes] == [st.shares for st in want.stripes]

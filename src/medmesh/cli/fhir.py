@@ -64,7 +64,7 @@ def import_(
         ),
     ],
     fhir: FhirOption = DEFAULT_FHIR,
-    chunk: Annotated[int, typer.Option(help="Resources per batch request.", min=1)] = 500,
+    chunk: Annotated[int, typer.Option(help="Resources per batch request.", min=1)] = 1000,
     parallel: Annotated[
         int,
         typer.Option(
@@ -73,7 +73,7 @@ def import_(
             min=1,
             max=8,
         ),
-    ] = 2,
+    ] = 3,
     accounts: Annotated[
         Path | None,
         typer.Option(

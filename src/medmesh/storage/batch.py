@@ -61,6 +61,7 @@ from medmesh.storage.placement import content_key, place_stripe
 from medmesh.storage.stripes import EncodedStripe, encode_stripe_group
 from medmesh.storage.transport import NodeClient
 from medmesh.storage.uploader import PutReceipt, StoreParams, _leaves, settle, upload
+from medmesh.workers import map_batch
 
 __all__ = ["BatchOutcome", "upload_many"]
 
@@ -143,27 +144,39 @@ class _Chunker:
         self.carry: tuple[int, bytes] | None = None
 
     def next(self) -> _Chunk:
+        """The next chunk, its objects encoded (in worker processes for a large chunk:
+        erasure coding and DAG building are CPU only, :mod:`medmesh.workers`)."""
         p = self.params
-        objects: list[_Object] = []
+        taken: list[tuple[int, bytes]] = []
         nbytes = 0
+        big: tuple[int, bytes] | None = None
+        last = False
         while True:
             if self.carry is not None:
                 item, self.carry = self.carry, None
             else:
                 got = next(self.source, None)
                 if got is None:
-                    return _Chunk(objects, None, True)
+                    last = True
+                    break
                 item = got
-            index, data = item
+            data = item[1]
             if len(data) > p.batch_object_bytes:
-                return _Chunk(objects, item, False)
-            if objects and nbytes + len(data) > p.batch_object_bytes:
+                big = item
+                break
+            if taken and nbytes + len(data) > p.batch_object_bytes:
                 self.carry = item
-                return _Chunk(objects, None, False)
-            objects.append(encode_object(index, data, p))
+                break
+            taken.append(item)
             nbytes += len(data)
-            if len(objects) >= p.batch_objects:
-                return _Chunk(objects, None, False)
+            if len(taken) >= p.batch_objects:
+                break
+        jobs = [(index, data, p) for index, data in taken]
+        return _Chunk(list(map_batch(_encode_job, jobs)), big, last)
+
+
+def _encode_job(job: tuple[int, bytes, StoreParams]) -> _Object:
+    return encode_object(*job)
 
 
 @dataclass

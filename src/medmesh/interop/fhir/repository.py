@@ -52,6 +52,7 @@ from medmesh.interop.fhir.validation import (
     SUPPORTED_TYPES,
     in_entry,
     references,
+    validate_many,
     validate_resource,
 )
 from medmesh.ledger.client import Ledger
@@ -306,9 +307,13 @@ class FhirRepository:
         out: list[_Plan | FhirError | None] = [None] * len(resources)
         valid: dict[int, tuple[dict[str, Any], str]] = {}
         keys: dict[str, int] = {}
-        for i, resource in enumerate(resources):
+        for i, (resource, checked) in enumerate(
+            zip(resources, validate_many(resources), strict=True)
+        ):
             try:
-                resource = validate_resource(resource)
+                if isinstance(checked, FhirError):
+                    raise checked
+                resource = checked
                 type_ = resource["resourceType"]
                 id_ = str(resource.get("id") or uuid.uuid4())
                 if f"{type_}/{id_}" in keys:

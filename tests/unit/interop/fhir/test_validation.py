@@ -1118,3 +1118,33 @@ def test_request_url_must_name_the_resource() -> None:
     _fails(lambda: validate_bundle(bundle), 422, "invalid", "Bundle.entry[0].resource.id")
     bundle["entry"][0]["request"] = {"method": "PUT", "url": "Patient/p1"}
     assert validate_bundle(bundle) is bundle
+
+
+def test_validate_many_in_a_worker_gives_each_result_or_error_in_place(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from medmesh import workers
+    from medmesh.interop.fhir.validation import validate_many
+
+    monkeypatch.setenv("MEDMESH_WORKERS", "1")
+    good = {"resourceType": "Patient", "gender": "female"}
+    bad = {"resourceType": "Patient", "gender": "f"}  # not in the required value set
+    broken = {"resourceType": "Observation"}  # status and code missing
+    batch = [good, bad, broken] * (workers.MIN_BATCH // 3 + 1)
+    inline = []
+    for resource in batch[:3]:
+        try:
+            inline.append(validate_resource(resource))
+        except FhirError as exc:
+            inline.append(exc)
+    got = validate_many(batch)
+    assert len(got) == len(batch)
+    for i, result in enumerate(got):
+        expected = inline[i % 3]
+        if isinstance(expected, FhirError):
+            assert isinstance(result, FhirError)
+            assert (result.status, result.issues, result.message) == (
+                expected.status, expected.issues, expected.message
+            )  # fmt: skip
+        else:
+            assert result == expected
