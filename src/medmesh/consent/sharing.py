@@ -46,6 +46,7 @@ __all__ = [
     "NewRecord",
     "PutRecord",
     "RecordKeeper",
+    "SealedRecords",
     "StoredRecords",
 ]
 
@@ -60,6 +61,16 @@ class NewRecord:
     kind: str
     supersedes: Cid | None = None
     patient: str | None = None  # the owner, when writing for a patient
+
+
+@dataclass(frozen=True)
+class SealedRecords:
+    """Records :meth:`RecordKeeper.seal_many` sealed, not stored yet."""
+
+    items: list[NewRecord]
+    owners: list[str]  # checksummed, one per item
+    recipients: list[list[EncryptionPublicKey]]  # whom each was sealed for besides us
+    sealed: list[bytes]  # the ciphertext of each
 
 
 @dataclass(frozen=True)
@@ -228,12 +239,19 @@ class RecordKeeper:
 
         A writer can store its next batch while the previous one waits for its block
         (:meth:`anchor_stored`), as the FHIR repository does; the two halves share nothing
-        but the wallet, whose transactions are numbered under the sender's lock.
+        but the wallet, whose transactions are numbered under the sender's lock. It can
+        also seal a batch (:meth:`seal_many`) while another one uploads
+        (:meth:`store_sealed`).
         """
+        return self.store_sealed(self.seal_many(items))
+
+    def seal_many(self, items: Sequence[NewRecord]) -> SealedRecords:
+        """Seal records for their owners and current grantees (from the synced index;
+        their keys from the chain, in one request); store nothing."""
         for item in items:
             kind_tag(item.kind)
         if not items:
-            return StoredRecords([], [], [], [])
+            return SealedRecords([], [], [], [])
         self.indexer.sync()
         owners = [
             to_checksum_address(i.patient) if i.patient else self.wallet.address for i in items
@@ -250,17 +268,26 @@ class RecordKeeper:
         keys = self.encryption_keys_of([a for acc in whom.values() for a in acc if a != me])
         sealed_for = {pair: [keys[a] for a in acc if a != me] for pair, acc in whom.items()}
         plan = [sealed_for[(owner, item.kind)] for owner, item in zip(owners, items, strict=True)]
+        sealed = self.client.seal_many([(i.data, r) for i, r in zip(items, plan, strict=True)])
+        return SealedRecords(list(items), owners, plan, sealed)
+
+    def store_sealed(self, batch: SealedRecords) -> StoredRecords:
+        """Store what :meth:`seal_many` sealed (one batch at a time per keeper: its storage
+        client serves one event loop at a time)."""
+        if not batch.items:
+            return StoredRecords([], [], [], [])
 
         async def store_all() -> list[PutResult]:
             try:  # few signed requests per node for the whole batch, one object per record
                 return await self.client.aput_many(
-                    [(i.data, r) for i, r in zip(items, plan, strict=True)]
+                    [(i.data, r) for i, r in zip(batch.items, batch.recipients, strict=True)],
+                    sealed=batch.sealed,
                 )
             finally:
                 await self.client.store.close()
 
         stored = asyncio.run(store_all())
-        return StoredRecords(list(items), owners, plan, stored)
+        return StoredRecords(batch.items, batch.owners, batch.recipients, stored)
 
     def anchor_stored(
         self,

@@ -176,8 +176,20 @@ class Client:
             close()
         return PutResult(stored.cid, done[0], stored.size, stored.manifest, dict(stored.details))
 
-    async def aput_many(
+    def seal_many(
         self, items: Sequence[tuple[bytes, Sequence[EncryptionPublicKey]]]
+    ) -> list[bytes]:
+        """Seal records as :meth:`aput_many` does, without storing them (a writer can seal
+        its next batch while the one before uploads); in worker processes for a large
+        batch (:mod:`medmesh.workers`)."""
+        me = self.wallet.encryption_public_key
+        return list(map_batch(seal_one, [seal_job(d, [me, *r]) for d, r in items]))
+
+    async def aput_many(
+        self,
+        items: Sequence[tuple[bytes, Sequence[EncryptionPublicKey]]],
+        *,
+        sealed: Sequence[bytes] | None = None,
     ) -> list[PutResult]:
         """Seal and store many small records: ``(plaintext, recipients)`` pairs.
 
@@ -191,6 +203,8 @@ class Client:
         sealing runs in worker processes for a large batch (:mod:`medmesh.workers`) and
         encoding in a worker thread, one chunk ahead of the uploads.
 
+        ``sealed``: the records as :meth:`seal_many` sealed them, stored as they are.
+
         Returns one :class:`PutResult` per record, in order. If some records could not be
         stored, raises :class:`BatchPutError` after the others were: its ``results`` hold
         the stored ones (None for the failed) and ``errors`` why each failed one failed,
@@ -203,10 +217,15 @@ class Client:
             if not isinstance(data, bytes | bytearray | memoryview):
                 raise InvalidInputError("aput_many takes records as bytes")
 
-        # sealed in worker processes for a large batch (medmesh.workers), consumed lazily
-        # by the store's worker thread, which encodes and uploads as they come
-        jobs = [seal_job(data, [me, *recipients]) for data, recipients in items]
-        outcomes = await self.store.put_many(map_batch(seal_one, jobs))
+        if sealed is not None:
+            if len(sealed) != len(items):
+                raise InvalidInputError("aput_many needs one sealed record per item")
+            outcomes = await self.store.put_many(sealed)
+        else:
+            # sealed in worker processes for a large batch (medmesh.workers), consumed
+            # lazily by the store's worker thread, which encodes and uploads as they come
+            jobs = [seal_job(data, [me, *recipients]) for data, recipients in items]
+            outcomes = await self.store.put_many(map_batch(seal_one, jobs))
         results: list[PutResult | None] = []
         errors: dict[int, MedmeshError] = {}
         for i, ((data, _), got) in enumerate(zip(items, outcomes, strict=True)):

@@ -156,8 +156,9 @@ class FhirRepository:
         self.me = keeper.wallet.address
         self._clock = clock
         self._sync_lock = asyncio.Lock()
-        # Writes go through two stages, one batch in each at a time: storing (the keeper's
-        # storage client serves one event loop at a time) and sending anchors. A batch takes
+        # Writes go through two stages, one batch in each at a time, after sealing (any
+        # number at once): storing (the keeper's storage client serves one event loop at
+        # a time) and sending anchors. A batch takes
         # the anchor lock before it lets go of the store lock, and lets go of it once its
         # anchors are sent: the wallet's nonces order the batches' transactions as they
         # stored, so they are mined in that order (in one block or in turn), while the next
@@ -389,8 +390,9 @@ class FhirRepository:
             )
             for p in plans
         ]
+        sealed = self.keeper.seal_many(items)  # while another batch may be uploading
         with self._store_lock:
-            stored = self.keeper.store_many(items)
+            stored = self.keeper.store_sealed(sealed)
             self._anchor_lock.acquire()  # before the next batch may store: see __init__
         held = [True]
 
