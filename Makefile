@@ -52,6 +52,7 @@ test: $(STAMP) $(ANVIL) $(CHROMIUM)
 
 bench: $(STAMP) $(ANVIL)
 	$(BIN)/python bench/storage.py
+	$(BIN)/python bench/blockstore.py
 	$(BIN)/python bench/ledger.py
 	$(BIN)/python bench/fhir.py
 
