@@ -11,11 +11,10 @@ CIDv1 (or through the ``raw`` and ``dag-pb`` codecs) is stored once.
 
 Why packs: importing records stores thousands of ~1 KB blocks per batch (one ``put_many``
 of ~2,000 per node per batch). As one file each (temporary file, rename, stats), a
-``put_many`` of 2,000 blocks of 700 bytes cost 310-570 ms of CPU and 335-1,060 ms of wall
-time on a 2-core test machine (ext4, with fsync), nearly all of it in the kernel creating
-and renaming files: the largest latency of the import. Appended to a pack with one write
-and indexed in one SQLite transaction, it costs 11-14 ms of CPU and 12-17 ms of wall time,
-both syncs included; 2,000 ``get`` calls went from 33 ms to 14 ms.
+``put_many`` of 2,000 blocks of 700 bytes cost 120-870 ms of CPU on a 2-core test machine
+(ext4, with fsync), nearly all of it in the kernel creating and renaming files: the largest
+latency of the import. Appended to a pack with one write and indexed in one SQLite
+transaction, it costs 11-14 ms of CPU, both syncs included (``bench/blockstore.py``).
 
 Packs: each entry is self-describing, a header (magic ``MMPK``, data length as u32,
 multihash length as u16, the multihash) followed by the block's bytes. The index row's
