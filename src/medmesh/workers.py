@@ -18,6 +18,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from typing import Final, TypeVar
@@ -27,6 +28,7 @@ __all__ = ["MIN_BATCH", "map_batch", "warm", "worker_count"]
 #: Batches smaller than this run inline (a batch of 1,000 records: ~150 ms of sealing).
 MIN_BATCH: Final = 128
 _CHUNK: Final = 64  # items per task sent to a worker
+PARENT_CHECK_S: Final = 1.0  # how often a worker checks that its parent is alive
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -50,7 +52,12 @@ def _get_pool() -> ProcessPoolExecutor | None:
             count = worker_count()
             if count == 0:
                 return None
-            _pool = ProcessPoolExecutor(count, mp_context=multiprocessing.get_context("spawn"))
+            _pool = ProcessPoolExecutor(
+                count,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_watch_parent,
+                initargs=(os.getpid(),),
+            )
         return _pool
 
 
@@ -66,6 +73,19 @@ def map_batch(fn: Callable[[T], R], items: Sequence[T]) -> Iterator[R]:
     if pool is None:
         return map(fn, items)
     return pool.map(fn, items, chunksize=_CHUNK)
+
+
+def _watch_parent(parent: int) -> None:
+    """In each worker: exit once the process that started it is gone. A server killed
+    outright (SIGKILL, or SIGTERM without a clean shutdown) cannot stop its pool, and a
+    worker blocked on its task queue would otherwise live on, orphaned."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_CHECK_S)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="medmesh-parent-watch", daemon=True).start()
 
 
 def warm() -> None:

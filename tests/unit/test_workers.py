@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -81,3 +85,41 @@ def test_objects_encoded_in_a_worker_are_those_encoded_inline(
         )  # fmt: skip
         assert [b.cid for b in got.meta] == [b.cid for b in want.meta]
         assert [st.shares for st in got.stripes] == [st.shares for st in want.stripes]
+
+
+def test_a_worker_exits_when_its_server_is_killed(tmp_path: Path) -> None:
+    script = (
+        "import os, sys, time\n"
+        "from medmesh import workers\n"
+        "workers.warm()\n"
+        "print(workers._get_pool().submit(os.getpid).result(), flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    env = {**os.environ, "MEDMESH_WORKERS": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, env=env
+    )
+    try:
+        assert proc.stdout is not None
+        worker = int(proc.stdout.readline())
+        assert worker != proc.pid and _alive(worker)
+        proc.kill()  # no clean shutdown: the pool cannot stop its worker
+        proc.wait(10)
+        deadline = time.monotonic() + 10
+        while _alive(worker) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _alive(worker)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"  # a zombie has exited
+    except FileNotFoundError:
+        return False

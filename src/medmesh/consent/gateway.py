@@ -170,8 +170,11 @@ class Gateway:
         self._arpc = AsyncRpc(ledger.rpc.url, timeout=ledger.rpc.timeout)
 
     async def aclose(self) -> None:
-        """Close what the gateway opened on its event loop (the application's shutdown)."""
+        """Close what the gateway opened on its event loop (the application's shutdown):
+        the chain's session and the storage network's."""
         await self._arpc.aclose()
+        if self.store is not None:
+            await self.store.close()
 
     # -- the decision -----------------------------------------------------------------------
 
