@@ -21,3 +21,17 @@ def test_no_proxy_is_honoured(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
     with Rpc("http://127.0.0.1:8545") as rpc:
         assert "http" not in rpc._session.proxies
+
+
+def test_async_rpc_reads_the_proxy_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    from medmesh.ledger.rpc import AsyncRpc
+
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.hospital.example:3128")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    assert AsyncRpc("https://besu.hospital.example:8545")._proxy == (
+        "http://proxy.hospital.example:3128"
+    )
+    monkeypatch.setenv("HTTP_PROXY", "http://proxy.hospital.example:3128")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    assert AsyncRpc("http://127.0.0.1:8545")._proxy is None  # NO_PROXY holds

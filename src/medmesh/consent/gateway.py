@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import functools
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
@@ -153,7 +153,9 @@ class Gateway:
         # (the consent check before serving them runs every time)
         self.cache = ObjectCache(cache_bytes)
         self._capsule_blocks: OrderedDict[bytes, CapsuleBlock] = OrderedDict()
-        self._located = functools.lru_cache(maxsize=_LOCATION_CACHE)(self._find_record)
+        # record -> (patient, kind, cid), most recently used last (they never change)
+        self._locations: OrderedDict[bytes, tuple[str, bytes, Cid]] = OrderedDict()
+        self._locations_lock = threading.Lock()
         abi = next(
             e
             for e in ledger.consent.web3.abi
@@ -180,7 +182,24 @@ class Gateway:
 
     def _locate(self, record: bytes) -> tuple[str, bytes, Cid]:
         """(patient, kind, cid) of an anchored record (remembered: they never change)."""
-        return self._located(record)
+        with self._locations_lock:
+            found = self._locations.get(record)
+            if found is not None:
+                self._locations.move_to_end(record)
+                return found
+        found = self._find_record(record)
+        self.remember_location(record, *found)
+        return found
+
+    def remember_location(self, record: bytes, patient: str, kind: bytes, cid: Cid) -> None:
+        """Where an anchored record is, as the caller's own copy of the ledger says (the
+        FHIR index, built from this gateway's ledger index): its first read then needs no
+        lookup. Consent is still asked of the chain on every read."""
+        with self._locations_lock:
+            self._locations[record] = (patient, kind, cid)
+            self._locations.move_to_end(record)
+            while len(self._locations) > _LOCATION_CACHE:
+                self._locations.popitem(last=False)
 
     def _has_access_call(
         self, requester: str, record: bytes, purpose: Purpose

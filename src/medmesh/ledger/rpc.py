@@ -21,6 +21,7 @@ import json
 import time
 from collections.abc import Iterator
 from typing import Any, Final
+from urllib.parse import urlsplit
 
 import aiohttp
 import requests
@@ -167,6 +168,14 @@ class Rpc:
 _JSON: Final = {"Content-Type": "application/json"}
 
 
+def _proxy_for(url: str) -> str | None:
+    """The proxy the environment names for ``url`` (as ``requests`` reads it), or None."""
+    proxies = requests.utils.get_environ_proxies(url)
+    scheme = urlsplit(url).scheme
+    found = proxies.get(scheme) or proxies.get("all")
+    return str(found) if found else None
+
+
 class AsyncRpc:
     """:meth:`Rpc.batch` for code on an event loop (aiohttp, one keep-alive session).
 
@@ -184,6 +193,9 @@ class AsyncRpc:
         self._ids = itertools.count(1)
         self._session: aiohttp.ClientSession | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        # HTTP(S)_PROXY / NO_PROXY, read once as Rpc reads them: with trust_env on, aiohttp
+        # looks them up (and parses ~/.netrc) in a worker thread on every request
+        self._proxy: str | None = _proxy_for(url)
 
     def _client(self) -> aiohttp.ClientSession:
         loop = asyncio.get_running_loop()
@@ -195,7 +207,6 @@ class AsyncRpc:
                 connector=aiohttp.TCPConnector(limit=16),
                 timeout=aiohttp.ClientTimeout(total=self.timeout, sock_connect=2.0),
                 headers=_JSON,
-                trust_env=True,  # HTTP(S)_PROXY / NO_PROXY, as Rpc reads them
             )
             self._loop = loop
         return self._session
@@ -223,7 +234,7 @@ class AsyncRpc:
         delay = 0.2
         for attempt in range(self.retries):
             try:
-                async with session.post(self.url, data=body) as response:
+                async with session.post(self.url, data=body, proxy=self._proxy) as response:
                     status, text = response.status, await response.read()
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
                 if attempt + 1 == self.retries:

@@ -26,6 +26,7 @@ from medmesh.consent.sharing import RecordKeeper
 from medmesh.crypto.capsule import KeyCapsule
 from medmesh.crypto.envelope import RecordOpener
 from medmesh.daemons import free_port
+from medmesh.errors import ConsentError
 from medmesh.identity import Wallet
 from medmesh.identity.siwe import new_message
 from medmesh.ledger.chains import LocalChain
@@ -294,3 +295,22 @@ def test_cached_ciphertext_is_still_consent_checked(world: World) -> None:
     refused = world.ask(put.record, token, what="")
     assert refused.status_code == 403  # a cached object is no permission
     assert b"record read twice" not in refused.content
+
+
+def test_a_remembered_location_needs_no_lookup_and_consent_is_still_asked(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    keeper = world.keeper(world.patient)
+    put = keeper.put(b"patient note: remembered", "fhir:Observation")
+    _wait_indexed(world, put.record)
+    gateway = world.gateway
+    located = gateway._find_record(put.record)
+    lookups: list[bytes] = []
+    real = gateway._find_record
+    monkeypatch.setattr(gateway, "_find_record", lambda r: lookups.append(r) or real(r))
+    gateway.remember_location(put.record, *located)
+    assert gateway._locate(put.record) == located
+    assert lookups == []  # known: no lookup
+    # the provider has no grant: remembering where the record is grants nothing
+    with pytest.raises(ConsentError):
+        gateway.authorize(world.provider.address, put.record, Purpose.TREATMENT)

@@ -470,6 +470,10 @@ class FhirRepository:
             raise _refused(row, purpose) from exc
 
     async def _open(self, row: IndexedResource, purpose: Purpose) -> dict[str, Any]:
+        # the index knows where the record is: the gateway need not look it up
+        self.gateway.remember_location(
+            row.record, row.patient, kind_tag(kind_of(row.type)), Cid.from_bytes(row.cid)
+        )
         try:
             access = await self.gateway.authorize_async(self.me, row.record, purpose)
         except ConsentError as exc:

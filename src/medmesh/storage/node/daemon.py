@@ -114,4 +114,9 @@ def serve(config: NodeConfig) -> None:
     for chatty in ("kademlia", "rpcudp"):
         logging.getLogger(chatty).setLevel(logging.WARNING)
     config.data_path.mkdir(parents=True, exist_ok=True)
-    asyncio.run(_run(config))
+    try:  # libuv's loop, as uvicorn runs the gateway: cheaper per request than asyncio's
+        import uvloop
+    except ImportError:  # pragma: no cover - a pinned dependency; asyncio's loop works too
+        asyncio.run(_run(config))
+    else:
+        uvloop.run(_run(config))
