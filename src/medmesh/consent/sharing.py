@@ -164,34 +164,26 @@ class RecordKeeper:
             out[account] = EncryptionPublicKey.from_bytes("x25519", raw)
         return out
 
-    def _covering_grantees(
-        self, patient: str, kind: str, grants: Sequence[GrantRow] | None = None
-    ) -> list[str]:
-        """Current kind or all-records grantees of ``patient`` for ``kind`` (from the index,
-        which the caller has synced; or from ``grants``, the patient's current ones)."""
-        tag_scope = Scope.kind(kind).word
-        if grants is None:
-            grants = self.indexer.grants(patient=patient, active_at=time.time())
-        grantees = {
-            g.grantee
-            for g in grants
-            if not g.break_glass and g.scope in (tag_scope, Scope.all().word)
-        }
-        return sorted(grantees)
-
     def _recipients(
-        self, owner: str, kind: str, keys: dict[str, EncryptionPublicKey]
-    ) -> list[EncryptionPublicKey]:
-        """Whom a new record of ``owner``'s ``kind`` is sealed for besides this wallet: the
-        owner and every current kind or all-records grantee (``keys`` caches their keys)."""
-        out = []
-        for account in [owner, *self._covering_grantees(owner, kind)]:
-            if account == self.wallet.address:
-                continue
-            if account not in keys:
-                keys[account] = self.encryption_key_of(account)
-            out.append(keys[account])
-        return out
+        self, pairs: Sequence[tuple[str, str]]
+    ) -> dict[tuple[str, str], list[EncryptionPublicKey]]:
+        """Whom a new record of each ``(owner, kind)`` is sealed for besides this wallet: the
+        owner and every current kind or all-records grantee (from the index, which the
+        caller has synced: one query for every owner; their keys from the chain, in one
+        request)."""
+        current: dict[str, list[GrantRow]] = {owner: [] for owner, _ in pairs}
+        for g in self.indexer.grants(patients=list(current), active_at=time.time()):
+            current[g.patient].append(g)
+        whom: dict[tuple[str, str], list[str]] = {}
+        for owner, kind in pairs:
+            scopes = (Scope.kind(kind).word, Scope.all().word)
+            grantees = {
+                g.grantee for g in current[owner] if not g.break_glass and g.scope in scopes
+            }
+            whom[(owner, kind)] = [owner, *sorted(grantees)]
+        me = self.wallet.address
+        keys = self.encryption_keys_of([a for acc in whom.values() for a in acc if a != me])
+        return {pair: [keys[a] for a in acc if a != me] for pair, acc in whom.items()}
 
     # -- records --------------------------------------------------------------------------------
 
@@ -207,7 +199,7 @@ class RecordKeeper:
         kind_tag(kind)  # validate before any work
         owner = to_checksum_address(patient) if patient else self.wallet.address
         self.indexer.sync()
-        recipients = self._recipients(owner, kind, {})
+        recipients = self._recipients([(owner, kind)])[(owner, kind)]
         stored = self.client.put(source, recipients=recipients)
         previous = record_id(owner, supersedes) if supersedes is not None else b"\0" * 32
         if owner == self.wallet.address:
@@ -256,18 +248,9 @@ class RecordKeeper:
         owners = [
             to_checksum_address(i.patient) if i.patient else self.wallet.address for i in items
         ]
-        current: dict[str, list[GrantRow]] = {owner: [] for owner in owners}
-        for g in self.indexer.grants(patients=list(current), active_at=time.time()):
-            current[g.patient].append(g)  # every owner's grants in one query
-        whom = {
-            (owner, item.kind): [owner, *self._covering_grantees(owner, item.kind, current[owner])]
-            for owner, item in zip(owners, items, strict=True)
-        }
-        # as _recipients does, with every key the batch needs asked in one request
-        me = self.wallet.address
-        keys = self.encryption_keys_of([a for acc in whom.values() for a in acc if a != me])
-        sealed_for = {pair: [keys[a] for a in acc if a != me] for pair, acc in whom.items()}
-        plan = [sealed_for[(owner, item.kind)] for owner, item in zip(owners, items, strict=True)]
+        pairs = [(owner, item.kind) for owner, item in zip(owners, items, strict=True)]
+        sealed_for = self._recipients(list(dict.fromkeys(pairs)))
+        plan = [sealed_for[pair] for pair in pairs]
         sealed = self.client.seal_many([(i.data, r) for i, r in zip(items, plan, strict=True)])
         return SealedRecords(list(items), owners, plan, sealed)
 

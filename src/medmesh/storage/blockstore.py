@@ -83,6 +83,7 @@ from pathlib import Path
 from typing import Final, NamedTuple, cast
 
 from medmesh.errors import InvalidInputError, NotFoundError, StorageFullError
+from medmesh.sqlite import immediate
 from medmesh.storage.cid import IDENTITY, RAW, Cid
 
 __all__ = [
@@ -268,7 +269,7 @@ class _Packs:
 
     def transaction(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
         """The writer's connection in a transaction: committed on exit, or rolled back."""
-        return _Transaction(self.writer)
+        return immediate(self.writer)
 
     # -- pack files ----------------------------------------------------------------------
     def read(self, loc: _Loc) -> bytes | None:
@@ -337,25 +338,6 @@ class _Packs:
         self.writer.close()
         with contextlib.suppress(OSError):
             os.close(self.lock_fd)
-
-
-class _Transaction:
-    """``BEGIN IMMEDIATE`` ... ``COMMIT`` on an autocommit connection."""
-
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self.conn = conn
-
-    def __enter__(self) -> sqlite3.Connection:
-        self.conn.execute("BEGIN IMMEDIATE")
-        return self.conn
-
-    def __exit__(self, kind: object, exc: object, tb: object) -> None:
-        try:
-            if kind is None:
-                self.conn.execute("COMMIT")
-        finally:
-            if self.conn.in_transaction:  # the body or the commit failed
-                self.conn.execute("ROLLBACK")
 
 
 def _entries(

@@ -182,8 +182,14 @@ class Client:
         """Seal records as :meth:`aput_many` does, without storing them (a writer can seal
         its next batch while the one before uploads); in worker processes for a large
         batch (:mod:`medmesh.workers`)."""
+        return list(self._sealing(items))
+
+    def _sealing(
+        self, items: Sequence[tuple[bytes, Sequence[EncryptionPublicKey]]]
+    ) -> Iterator[bytes]:
+        """Each record sealed for this wallet and its recipients, in order, as they come."""
         me = self.wallet.encryption_public_key
-        return list(map_batch(seal_one, [seal_job(d, [me, *r]) for d, r in items]))
+        return map_batch(seal_one, [seal_job(d, [me, *r]) for d, r in items])
 
     async def aput_many(
         self,
@@ -212,7 +218,6 @@ class Client:
 
         >>> results = await client.aput_many([(b"{...}", [key]), (b"{...}", [])])  # doctest: +SKIP
         """
-        me = self.wallet.encryption_public_key
         for data, _ in items:
             if not isinstance(data, bytes | bytearray | memoryview):
                 raise InvalidInputError("aput_many takes records as bytes")
@@ -222,10 +227,9 @@ class Client:
                 raise InvalidInputError("aput_many needs one sealed record per item")
             outcomes = await self.store.put_many(sealed)
         else:
-            # sealed in worker processes for a large batch (medmesh.workers), consumed
-            # lazily by the store's worker thread, which encodes and uploads as they come
-            jobs = [seal_job(data, [me, *recipients]) for data, recipients in items]
-            outcomes = await self.store.put_many(map_batch(seal_one, jobs))
+            # consumed lazily by the store's worker thread, which encodes and uploads
+            # as they come
+            outcomes = await self.store.put_many(self._sealing(items))
         results: list[PutResult | None] = []
         errors: dict[int, MedmeshError] = {}
         for i, ((data, _), got) in enumerate(zip(items, outcomes, strict=True)):

@@ -33,6 +33,7 @@ version is emptied and rebuilt from the ledger, as the index is only a cache of 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
@@ -48,6 +49,7 @@ from typing import Any, Final
 from medmesh.crypto.aead import NONCE_SIZE, decrypt_aes256gcm, encrypt_aes256gcm
 from medmesh.crypto.kdf import hkdf_sha256
 from medmesh.interop.fhir.params import DateRange, extract
+from medmesh.sqlite import immediate
 
 __all__ = ["DEFAULT_TUNING", "FhirIndex", "IndexedResource", "Query", "SearchTuning"]
 
@@ -279,9 +281,9 @@ class FhirIndex:
             self._local.conn = conn
         return conn
 
-    def _tx(self) -> _Tx:
+    def _tx(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
         """``with self._tx() as conn``: one IMMEDIATE transaction on this thread's connection."""
-        return _Tx(self._conn())
+        return immediate(self._conn())
 
     # -- secrets ------------------------------------------------------------------------------
 
@@ -706,17 +708,3 @@ class FhirIndex:
         if conn is not None:
             conn.close()
             self._local.conn = None
-
-
-class _Tx:
-    """One IMMEDIATE transaction: committed if the block ends normally, else rolled back."""
-
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self._c = conn
-
-    def __enter__(self) -> sqlite3.Connection:
-        self._c.execute("BEGIN IMMEDIATE")
-        return self._c
-
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        self._c.execute("COMMIT" if exc_type is None else "ROLLBACK")
