@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import http.client
 import importlib.util
 import json
@@ -282,7 +283,8 @@ def import_client(
     wallet = Wallet.from_keys(signing_key, [EncryptionPrivateKey.generate()])  # signs only
     with GatewayClient(url, wallet, timeout=600.0) as gw:
         gw.authenticate("system/*.cu")
-        importer = Importer([Path(p) for p in paths], gw.bundle, state_dir=Path(state_dir),
+        send = functools.partial(gw.bundle, minimal=True)  # as `medmesh fhir import` sends
+        importer = Importer([Path(p) for p in paths], send, state_dir=Path(state_dir),
                             chunk=chunk, parallel=parallel)  # fmt: skip
         out.put("ready")
         go.wait()

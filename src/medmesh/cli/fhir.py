@@ -114,7 +114,7 @@ def import_(
         def send(bundle: dict[str, Any]) -> dict[str, Any]:
             for attempt in range(RETRIES):
                 try:
-                    return gw.bundle(bundle)
+                    return gw.bundle(bundle, minimal=True)  # statuses are all it needs
                 except GatewayError:
                     if attempt == RETRIES - 1:
                         raise

@@ -71,6 +71,7 @@ from medmesh.ledger.client import Ledger
 from medmesh.ledger.contracts import Purpose
 from medmesh.ledger.indexer import Indexer
 from medmesh.ledger.rpc import AsyncRpc, RpcCallError
+from medmesh.runtime import server_gc
 from medmesh.storage.backends.base import ObjectStore
 from medmesh.storage.cache import DEFAULT_CACHE_BYTES, ObjectCache
 from medmesh.storage.cid import Cid
@@ -490,11 +491,12 @@ def create_app(gateway: Gateway, *, lifespan: Lifespan | None = None) -> FastAPI
     @asynccontextmanager
     async def serving(app: FastAPI) -> AsyncIterator[None]:
         try:
-            if lifespan is None:
-                yield
-            else:
-                async with lifespan(app):
+            with server_gc():
+                if lifespan is None:
                     yield
+                else:
+                    async with lifespan(app):
+                        yield
         finally:
             await gateway.aclose()
 

@@ -168,15 +168,14 @@ class GatewayClient:
         _raise_for(answer)
         return _object(answer)
 
-    def bundle(self, bundle: dict[str, Any]) -> dict[str, Any]:
-        """``POST {fhir}`` a ``batch`` or ``transaction`` Bundle; returns the response Bundle."""
+    def bundle(self, bundle: dict[str, Any], *, minimal: bool = False) -> dict[str, Any]:
+        """``POST {fhir}`` a ``batch`` or ``transaction`` Bundle; returns the response Bundle
+        (``minimal``: ``Prefer: return=minimal``, its written entries without their resource)."""
         body = json.dumps(bundle, separators=(",", ":"), ensure_ascii=False).encode()
-        answer = self._send(
-            "POST",
-            self.fhir_url,
-            data=body,
-            headers={"Content-Type": FHIR_JSON, "Accept": FHIR_JSON},
-        )
+        headers = {"Content-Type": FHIR_JSON, "Accept": FHIR_JSON}
+        if minimal:
+            headers["Prefer"] = "return=minimal"
+        answer = self._send("POST", self.fhir_url, data=body, headers=headers)
         _raise_for(answer)
         return _object(answer)
 

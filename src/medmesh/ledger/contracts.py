@@ -211,7 +211,8 @@ class Contract:
             if e.get("type") == "function":
                 types = [collapse_if_tuple(dict(i)) for i in e.get("inputs", [])]
                 key = (e["name"], len(types))
-                found.setdefault(key, []).append((function_abi_to_4byte_selector(e), types))
+                selector = function_abi_to_4byte_selector(e)  # type: ignore[arg-type]
+                found.setdefault(key, []).append((selector, types))
         self._encoders = {k: v[0] for k, v in found.items() if len(v) == 1}
 
     def call_data(self, fn: str, *args: Any) -> bytes:

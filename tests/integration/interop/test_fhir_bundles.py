@@ -168,3 +168,37 @@ def test_bundle_needs_the_scopes_of_every_entry(world: World, patient_id: str) -
                       headers=_h(narrow), timeout=30)  # fmt: skip
     assert r.status_code == 400
     assert _stored(world) == before
+
+
+def test_prefer_return_minimal_answers_writes_without_their_resource(
+    world: World, token: str, patient_id: str
+) -> None:
+    minimal = _h(token, Prefer="return=minimal")
+    entries = [
+        _create(_glucose(patient_id, 96.0, "2026-02-06T08:00:00Z")),
+        _create({"resourceType": "Observation", "status": "nonsense"}),
+        {"request": {"method": "GET", "url": f"Patient/{patient_id}"}},
+    ]
+    bundle = {"resourceType": "Bundle", "type": "batch", "entry": entries}
+    r = requests.post(world.url, json=bundle, headers=minimal, timeout=60)
+    assert r.status_code == 200, r.text
+    written, failed, read = r.json()["entry"]
+    assert "resource" not in written  # the status, location and version only
+    assert written["response"]["status"].startswith("201")
+    location = written["response"]["location"]
+    assert written["response"]["etag"] == 'W/"1"' and location.endswith("/_history/1")
+    assert failed["response"]["outcome"]["resourceType"] == "OperationOutcome"
+    assert read["resource"]["id"] == patient_id  # a read still answers with what it read
+    stored = requests.get(f"{world.url}/{location}", headers=_h(token), timeout=30)
+    assert stored.status_code == 200 and stored.json()["valueQuantity"]["value"] == 96.0
+
+    created = requests.post(f"{world.url}/Observation", headers=minimal, timeout=30,
+                            json=_glucose(patient_id, 97.0, "2026-02-06T09:00:00Z"))  # fmt: skip
+    assert created.status_code == 201 and created.content == b""
+    assert created.headers["ETag"] == 'W/"1"' and "/_history/1" in created.headers["Location"]
+    obs = requests.get(created.headers["Location"], headers=_h(token), timeout=30).json()
+    obs["status"] = "amended"
+    updated = requests.put(f"{world.url}/Observation/{obs['id']}", json=obs, headers=minimal,
+                           timeout=30)  # fmt: skip
+    assert updated.status_code == 200 and updated.content == b""
+    assert updated.headers["ETag"] == 'W/"2"'

@@ -156,6 +156,14 @@ def _etag(resource: dict[str, Any]) -> dict[str, str]:
     }
 
 
+def _minimal(request: Request) -> bool:
+    """Whether the client sent ``Prefer: return=minimal`` (FHIR R4 http.html#ops): answer a
+    write with its status and headers only, a batch or transaction with each entry's
+    ``response`` only (an importer needs no copy of what it sent)."""
+    prefs = request.headers.get("prefer", "")
+    return any(p.strip().lower() == "return=minimal" for p in prefs.replace(";", ",").split(","))
+
+
 def mount_fhir(
     app: FastAPI,
     repo: FhirRepository,
@@ -220,11 +228,14 @@ def mount_fhir(
         answer = tokens.token(dict(pairs))
         return JSONResponse(answer, headers={"Cache-Control": "no-store", "Pragma": "no-cache"})
 
-    def saved_response(saved: Saved) -> Response:
+    def saved_response(saved: Saved, request: Request) -> Response:
         row = saved.row
         headers = _etag(saved.resource)
         headers["Location"] = f"{base_url}/{row.type}/{row.id}/_history/{row.version}"
-        return _fhir(saved.resource, 201 if saved.created else 200, headers)
+        status = 201 if saved.created else 200
+        if _minimal(request):
+            return Response(status_code=status, headers=headers)
+        return _fhir(saved.resource, status, headers)
 
     @router.post("")
     @router.post("/")
@@ -233,7 +244,10 @@ def mount_fhir(
         caller = principal(request)
         purpose = _purpose(request)
         data = await body_of(request, MAX_BUNDLE_BYTES)
-        answer = await process_bundle(repo, data, caller=caller, purpose=purpose, base_url=base_url)
+        answer = await process_bundle(
+            repo, data, caller=caller, purpose=purpose, base_url=base_url,
+            minimal=_minimal(request),
+        )  # fmt: skip
         return _fhir(answer)
 
     @router.post("/{type_}")
@@ -253,7 +267,7 @@ def mount_fhir(
                     )
                 ]
             )
-        return saved_response(await asyncio.to_thread(repo.create, resource))
+        return saved_response(await asyncio.to_thread(repo.create, resource), request)
 
     @router.put("/{type_}/{id_}")
     @_handled
@@ -266,7 +280,7 @@ def mount_fhir(
                 repo.update, type_, id_, resource, if_match=request.headers.get("if-match")
             )
         )
-        return saved_response(saved)
+        return saved_response(saved, request)
 
     @router.get("/{type_}/{id_}")
     @_handled

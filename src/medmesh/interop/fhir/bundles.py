@@ -79,9 +79,12 @@ async def process_bundle(
     caller: Caller,
     purpose: Purpose,
     base_url: str,
+    minimal: bool = False,
 ) -> dict[str, Any]:
     """Run a transaction or batch ``bundle``; the ``transaction-response`` or
-    ``batch-response`` Bundle. A transaction that fails raises :class:`FhirError`."""
+    ``batch-response`` Bundle. A transaction that fails raises :class:`FhirError`.
+    ``minimal`` (``Prefer: return=minimal``): written entries carry their ``response`` only,
+    not the resource as stored."""
     kind = bundle.get("type") if isinstance(bundle, dict) else None
     if kind == "transaction":
         await asyncio.to_thread(validate_bundle, bundle)
@@ -131,7 +134,9 @@ async def process_bundle(
     else:
         saved = await asyncio.to_thread(repo.save_many, resources)
     for e, s in zip(writes, saved, strict=True):
-        results[e.index] = _failed(s) if isinstance(s, FhirError) else _written(s, base_url)
+        results[e.index] = (
+            _failed(s) if isinstance(s, FhirError) else _written(s, base_url, minimal=minimal)
+        )
     for e in ok:
         if e.method == "GET":
             try:
@@ -302,20 +307,20 @@ async def _get(repo: FhirRepository, e: _Entry, purpose: Purpose, base_url: str)
     }
 
 
-def _written(saved: Saved, base_url: str) -> dict[str, Any]:
+def _written(saved: Saved, base_url: str, *, minimal: bool = False) -> dict[str, Any]:
     row = saved.row
     meta = saved.resource["meta"]
     status = "201 Created" if saved.created else "200 OK"
-    return {
-        "fullUrl": f"{base_url}/{row.type}/{row.id}",
-        "resource": saved.resource,
-        "response": {
-            "status": status,
-            "location": f"{row.type}/{row.id}/_history/{row.version}",
-            "etag": f'W/"{row.version}"',
-            "lastModified": meta["lastUpdated"],
-        },
+    out: dict[str, Any] = {"fullUrl": f"{base_url}/{row.type}/{row.id}"}
+    if not minimal:
+        out["resource"] = saved.resource
+    out["response"] = {
+        "status": status,
+        "location": f"{row.type}/{row.id}/_history/{row.version}",
+        "etag": f'W/"{row.version}"',
+        "lastModified": meta["lastUpdated"],
     }
+    return out
 
 
 def _failed(exc: FhirError) -> dict[str, Any]:

@@ -41,7 +41,7 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 from medmesh.consent.gateway import Access, Gateway
-from medmesh.consent.sharing import NewRecord, RecordKeeper
+from medmesh.consent.sharing import NewRecord, RecordKeeper, StoredRecords
 from medmesh.crypto.capsule import KeyCapsule
 from medmesh.crypto.envelope import NoCapsuleError, RecordOpener
 from medmesh.errors import ConsentError, MedmeshError
@@ -56,7 +56,7 @@ from medmesh.interop.fhir.validation import (
     validate_resource,
 )
 from medmesh.ledger.client import Ledger
-from medmesh.ledger.contracts import ALL_SCOPE, Purpose, Role, kind_tag
+from medmesh.ledger.contracts import ALL_SCOPE, Purpose, Role, kind_tag, record_id
 from medmesh.ledger.events import checksum
 from medmesh.ledger.indexer import RecordRow
 from medmesh.storage.cid import Cid
@@ -119,6 +119,9 @@ class _BothLocks:
         self.first.release()
 
 
+_Lookup = Callable[[str, str], IndexedResource | None]  # (type, id) -> current version
+
+
 @dataclass(frozen=True)
 class Saved:
     """A resource version just written (``created``: a new logical resource)."""
@@ -168,6 +171,10 @@ class FhirRepository:
         self._store_lock = threading.Lock()
         self._anchor_lock = threading.Lock()
         self.write_lock = _BothLocks(self._store_lock, self._anchor_lock)
+        # records this gateway is writing (stored, anchoring, not indexed yet): the sync leaves
+        # them to the writer instead of fetching and opening them again
+        self._writing: set[bytes] = set()
+        self._writing_lock = threading.Lock()
         self.full_reconcile_s = full_reconcile_s
         self._last_full = 0.0
         self._expiries_seen = 0.0  # grants expiring up to this time have been followed
@@ -199,9 +206,15 @@ class FhirRepository:
             status=422,
         )  # fmt: skip
 
-    def _check_references(self, resource: dict[str, Any], expected: set[str] | None = None) -> None:
+    def _check_references(
+        self,
+        resource: dict[str, Any],
+        expected: set[str] | None = None,
+        lookup: _Lookup | None = None,
+    ) -> None:
         """Every relative reference to a supported type must name a resource this gateway
         knows (references to other types, absolute URLs and ``urn:`` ones are not checked)."""
+        lookup = lookup or self.index.current
         missing = []
         for path, ref in references(resource):
             key = ref_key(ref)
@@ -211,7 +224,7 @@ class FhirRepository:
             if (
                 type_ in SUPPORTED_TYPES
                 and key not in (expected or ())
-                and self.index.current(type_, id_) is None
+                and lookup(type_, id_) is None
             ):
                 missing.append(
                     _issue("not-found", f"{type_} reference points to no resource here", path)
@@ -219,7 +232,13 @@ class FhirRepository:
         if missing:
             raise FhirError.invalid(missing, status=422)
 
-    def _owner_of(self, resource: dict[str, Any], owners: dict[str, str] | None = None) -> str:
+    def _owner_of(
+        self,
+        resource: dict[str, Any],
+        owners: dict[str, str] | None = None,
+        lookup: _Lookup | None = None,
+    ) -> str:
+        lookup = lookup or self.index.current
         type_ = resource["resourceType"]
         if type_ == "Patient":
             return self._account_of_patient(resource)
@@ -233,7 +252,7 @@ class FhirRepository:
             if key and key.startswith("Patient/"):
                 if owners and key in owners:
                     return owners[key]
-                patient = self.index.current("Patient", key.split("/", 1)[1])
+                patient = lookup("Patient", key.split("/", 1)[1])
                 if patient is not None:
                     return patient.patient
         raise FhirError.invalid(
@@ -329,10 +348,12 @@ class FhirRepository:
             valid[i] = (resource, id_)
         owners: dict[str, str] = {}  # "Patient/id" -> account, for Patients of this list
         order = sorted(valid, key=lambda i: valid[i][0]["resourceType"] != "Patient")
+        lookup = self._prefetch(valid.values())
+        expected = set(keys)
         for i in order:
             resource, id_ = valid[i]
             try:
-                plan = self._plan(resource, id_, set(keys), owners)
+                plan = self._plan(resource, id_, expected, owners, lookup)
             except FhirError as exc:
                 out[i] = exc
                 continue
@@ -356,20 +377,38 @@ class FhirRepository:
             failed = newly
         return [o if o is not None else FhirError.not_found("not processed") for o in out]
 
+    def _prefetch(self, resources: Iterable[tuple[dict[str, Any], str]]) -> _Lookup:
+        """A lookup of the current versions of everything ``resources`` (with their ids)
+        name or are, read from the index in one go (a batch of 1,000 would otherwise ask it
+        three times per resource)."""
+        keys: set[tuple[str, str]] = set()
+        for resource, id_ in resources:
+            keys.add((resource["resourceType"], id_))
+            for _, ref in references(resource):
+                key = ref_key(ref)
+                if key is not None:
+                    type_, _, ref_id = key.partition("/")
+                    keys.add((type_, ref_id))
+        found = self.index.current_many(k for k in keys if k[0] in SUPPORTED_TYPES)
+        return lambda type_, id_: found.get((type_, id_))
+
     def _plan(
         self,
         resource: dict[str, Any],
         id_: str,
         expected: set[str] | None = None,
         owners: dict[str, str] | None = None,
+        lookup: _Lookup | None = None,
     ) -> _Plan:
         """Check a validated resource's references and owner before anything is stored
         (``expected``: keys of resources written in the same request; ``owners``: the
-        accounts of Patients among them)."""
+        accounts of Patients among them; ``lookup``: the index's current versions, or a
+        :meth:`_prefetch` of them)."""
+        lookup = lookup or self.index.current
         type_ = resource["resourceType"]
-        self._check_references(resource, expected)
-        owner = self._owner_of(resource, owners)
-        previous = self.index.current(type_, id_)
+        self._check_references(resource, expected, lookup)
+        owner = self._owner_of(resource, owners, lookup)
+        previous = lookup(type_, id_)
         if previous is not None and previous.patient != owner:
             raise FhirError.invalid(
                 [_issue("business-rule", "an update cannot move a resource to another patient", f"{type_}.subject")],
@@ -393,6 +432,10 @@ class FhirRepository:
         sealed = self.keeper.seal_many(items)  # while another batch may be uploading
         with self._store_lock:
             stored = self.keeper.store_sealed(sealed)
+            writing = {
+                record_id(owner, put.cid)
+                for owner, put in zip(stored.owners, stored.stored, strict=True)
+            }
             self._anchor_lock.acquire()  # before the next batch may store: see __init__
         held = [True]
 
@@ -401,10 +444,25 @@ class FhirRepository:
                 held[0] = False
                 self._anchor_lock.release()
 
+        with self._writing_lock:
+            self._writing |= writing
         try:
-            puts = self.keeper.anchor_stored(stored, durable=False, on_sent=let_go)
+            return self._anchor_and_index(plans, stored, let_go)
+        except BaseException:
+            self._last_full = 0.0  # some may be anchored and not indexed: sweep at next sync
+            raise
         finally:
             let_go()
+            with self._writing_lock:
+                self._writing -= writing
+
+    def _anchor_and_index(
+        self, plans: list[_Plan], stored: StoredRecords, let_go: Callable[[], None]
+    ) -> list[Saved]:
+        """The end of :meth:`_store`: anchor (calling ``let_go`` once the anchors are sent),
+        wait until durable, index."""
+        puts = self.keeper.anchor_stored(stored, durable=False, on_sent=let_go)
+        let_go()
         if puts:
             self.ledger.make_durable(max(put.block for put in puts))
         times = self._block_times({put.block for put in puts})
@@ -595,6 +653,8 @@ class FhirRepository:
         have = set(self.index.records_of(patient))
         dropped = self.index.drop(have - set(wanted))
         versions = _version_numbers(rows)
+        with self._writing_lock:  # being written here: the writer indexes them
+            have |= self._writing
         missing = sorted(set(wanted) - have, key=lambda rec: versions.get(rec, 0))
         return dropped, [wanted[r] for r in missing], versions
 

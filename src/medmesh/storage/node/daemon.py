@@ -13,10 +13,13 @@ import logging
 import os
 import signal
 import socket
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
+from medmesh.runtime import server_gc
 from medmesh.storage.cid import Cid
 from medmesh.storage.node.config import NodeConfig
 from medmesh.storage.node.dht import ProviderDht
@@ -114,9 +117,10 @@ def serve(config: NodeConfig) -> None:
     for chatty in ("kademlia", "rpcudp"):
         logging.getLogger(chatty).setLevel(logging.WARNING)
     config.data_path.mkdir(parents=True, exist_ok=True)
-    try:  # libuv's loop, as uvicorn runs the gateway: cheaper per request than asyncio's
-        import uvloop
-    except ImportError:  # pragma: no cover - a pinned dependency; asyncio's loop works too
-        asyncio.run(_run(config))
-    else:
-        uvloop.run(_run(config))
+    run: Callable[[Coroutine[Any, Any, None]], None] = asyncio.run
+    with contextlib.suppress(ImportError):  # a pinned dependency; asyncio's loop works too
+        import uvloop  # libuv's loop, as uvicorn runs the gateway: cheaper per request
+
+        run = uvloop.run
+    with server_gc():
+        run(_run(config))

@@ -11,7 +11,11 @@ import time
 from types import SimpleNamespace
 from typing import Any
 
-from medmesh.interop.fhir.repository import FhirRepository, _Plan
+import pytest
+
+from medmesh.interop.fhir.repository import FhirRepository, _Plan, kind_of
+from medmesh.ledger.contracts import kind_tag, record_id
+from medmesh.ledger.indexer import RecordRow
 from medmesh.storage.cid import Cid
 
 
@@ -27,6 +31,7 @@ class Keeper:
         self.events: list[tuple[str, str, float]] = []
         self.lock = threading.Lock()
         self.storing = threading.Semaphore(1)  # fails the test if two batches store at once
+        self.on_anchor: Any = None  # called with each batch as its anchoring starts
 
     def _log(self, what: str, batch: str) -> None:
         with self.lock:
@@ -49,14 +54,21 @@ class Keeper:
             self._log("store", batch)
             time.sleep(self.store_s)
             self._log("stored", batch)
-            return batch, items
+            owner = self.wallet.address
+            cids = [Cid.of(item.data) for item in items]
+            return SimpleNamespace(
+                batch=batch, items=items, owners=[owner] * len(items),
+                stored=[SimpleNamespace(cid=cid) for cid in cids],
+            )  # fmt: skip
         finally:
             self.storing.release()
 
     def anchor_stored(self, stored: Any, *, durable: bool = True, on_sent: Any = None) -> list[Any]:
         assert durable is False  # the repository waits for durability outside the lock
-        batch, items = stored
+        batch, items = stored.batch, stored.items
         self._log("anchor", batch)
+        if self.on_anchor is not None:
+            self.on_anchor(stored)
         time.sleep(self.anchor_s / 3)  # estimating, signing, sending
         self._log("sent", batch)
         on_sent()
@@ -117,3 +129,53 @@ def test_write_lock_holds_both_stages() -> None:
     with repo.write_lock:  # as DICOMweb's STOW: nobody else stores or anchors meanwhile
         assert repo._store_lock.locked() and repo._anchor_lock.locked()
     assert not repo._store_lock.locked() and not repo._anchor_lock.locked()
+
+
+def test_records_being_written_are_marked_until_indexed() -> None:
+    keeper = Keeper(store_s=0.0, anchor_s=0.0)
+    repo = FhirRepository(keeper, SimpleNamespace(), Index(keeper))  # type: ignore[arg-type]
+    seen: list[set[bytes]] = []
+    keeper.on_anchor = lambda stored: seen.append(set(repo._writing))
+    plans = _plans("a")
+    repo._store(plans)
+    owner = keeper.wallet.address
+    expected = {
+        record_id(owner, Cid.of(json.dumps(p.body, separators=(",", ":")).encode())) for p in plans
+    }
+    assert seen == [expected]  # while anchoring: the sync leaves these to the writer
+    assert repo._writing == set()  # indexed: no longer the writer's
+
+
+def test_a_failed_write_unmarks_its_records_and_asks_the_next_sync_for_a_full_sweep() -> None:
+    keeper = Keeper(store_s=0.0, anchor_s=0.0)
+    repo = FhirRepository(keeper, SimpleNamespace(), Index(keeper))  # type: ignore[arg-type]
+    repo._last_full = time.time()
+
+    def fail(stored: Any) -> None:
+        raise ConnectionError("the ledger went away mid-batch")
+
+    keeper.on_anchor = fail
+    with pytest.raises(ConnectionError):
+        repo._store(_plans("a"))
+    assert repo._writing == set()
+    assert repo._last_full == 0.0  # some anchors may have been mined: sweep everything
+    assert not repo._store_lock.locked() and not repo._anchor_lock.locked()
+
+
+def test_the_sync_does_not_fetch_what_the_gateway_is_writing() -> None:
+    me = "0x" + "11" * 20
+    tag = kind_tag(kind_of("Observation"))
+    rows = [
+        RecordRow(bytes([n]) * 32, me, tag, None, me, bytes(Cid.of(bytes([n]))), 1, False, False)
+        for n in (1, 2, 3)
+    ]
+    keeper = SimpleNamespace(
+        wallet=SimpleNamespace(address=me),
+        indexer=SimpleNamespace(records=lambda patient, include_history: rows),
+    )
+    index = SimpleNamespace(records_of=lambda patient: [rows[0].record], drop=lambda records: 0)
+    repo = FhirRepository(keeper, SimpleNamespace(), index)  # type: ignore[arg-type]
+    repo._writing = {rows[1].record}
+    dropped, missing, _ = repo._reconcile_plan(me, time.time())
+    assert dropped == 0
+    assert [r.record for r in missing] == [rows[2].record]  # not 1 (indexed), not 2 (writing)
