@@ -30,7 +30,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from eth_abi.abi import encode as abi_encode
 from eth_utils.address import to_checksum_address
 from eth_utils.crypto import keccak
 
@@ -133,8 +132,7 @@ class AnchorPlan:
 
     def calldata(self, tx: int) -> bytes:
         """The ``anchor_many`` call data of transaction ``tx``."""
-        rows = [self.rows[i] for i in self.transactions[tx]]
-        return _SELECTOR + abi_encode([f"{_ROW}[]"], [rows])
+        return _SELECTOR + encode_rows([self.rows[i] for i in self.transactions[tx]])
 
     def label(self, tx: int) -> str:
         first = tx * ANCHOR_MANY_MAX
@@ -217,6 +215,33 @@ def _check(entries: Sequence[AnchorEntry]) -> tuple[list[_Row], list[bytes]]:
                 f"entry {i}: supersedes entry {position[previous]}, which comes after it"
             )
     return rows, records
+
+
+def encode_rows(rows: Sequence[_Row]) -> bytes:
+    """``abi_encode(["(address,bytes,bytes4,bytes32)[]"], [rows])`` of checked rows, written
+    out directly: eth_abi's generic encoder took 5 % of a FHIR gateway's CPU during an
+    import (tests check the two agree).
+
+    Layout: the array's offset (32), its length, one offset per row (from the first of
+    them), then each row: address, the offset of its bytes (128), tag, supersedes, and the
+    bytes (length, then data padded to 32).
+    """
+    heads = [(0x20).to_bytes(32, "big"), len(rows).to_bytes(32, "big")]
+    bodies: list[bytes] = []
+    at = 32 * len(rows)
+    for owner, cid, tag, previous in rows:
+        heads.append(at.to_bytes(32, "big"))
+        pad = -len(cid) % 32
+        body = b"".join((
+            bytes(12), bytes.fromhex(owner[2:]), _BYTES_AT, tag.ljust(32, b"\0"), previous,
+            len(cid).to_bytes(32, "big"), cid, bytes(pad),
+        ))  # fmt: skip
+        bodies.append(body)
+        at += len(body)
+    return b"".join(heads) + b"".join(bodies)
+
+
+_BYTES_AT: Final = (128).to_bytes(32, "big")  # a row's bytes follow its four head words
 
 
 def _waves(rows: Sequence[_Row], records: Sequence[bytes]) -> list[list[int]]:

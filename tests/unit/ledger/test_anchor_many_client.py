@@ -9,12 +9,15 @@ from typing import Any
 
 import pytest
 from eth_abi.abi import decode as abi_decode
+from eth_abi.abi import encode as abi_encode
 from eth_utils.address import to_checksum_address
 from eth_utils.crypto import keccak
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from medmesh.errors import InvalidInputError, RevertError
 from medmesh.ledger import artifacts
-from medmesh.ledger.anchoring import ROUND_BLOCKS, AnchorPlan, rounds
+from medmesh.ledger.anchoring import ROUND_BLOCKS, AnchorPlan, encode_rows, rounds
 from medmesh.ledger.contracts import (
     ANCHOR_MANY_MAX,
     ZERO,
@@ -185,3 +188,23 @@ def test_a_refusal_names_the_entry_in_the_callers_list() -> None:
     for reason in (None, "records: empty cid", "records: empty cid (entry 4)"):
         plain = RevertError(reason)
         assert plan.refusal(plain, 0, []) is plain
+
+
+_ROWS = st.lists(
+    st.tuples(
+        st.binary(min_size=20, max_size=20).map(lambda b: to_checksum_address(b)),
+        st.binary(min_size=1, max_size=64),
+        st.binary(min_size=4, max_size=4),
+        st.binary(min_size=32, max_size=32),
+    ),
+    max_size=8,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(rows=_ROWS)
+def test_anchor_many_calldata_is_the_abi_encoding(
+    rows: list[tuple[str, bytes, bytes, bytes]],
+) -> None:
+    """encode_rows writes the ABI encoding out by hand: it must be eth_abi's, byte for byte."""
+    assert encode_rows(rows) == abi_encode(["(address,bytes,bytes4,bytes32)[]"], [rows])

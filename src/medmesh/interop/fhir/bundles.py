@@ -163,6 +163,8 @@ def _check_batch_shell(bundle: dict[str, Any]) -> None:
     shell["entry"] = [
         {**{k: v for k, v in e.items() if k == "fullUrl"}, "request": placeholder} for e in entries
     ]
+    if entries and not any("fullUrl" in e for e in entries):  # every entry the same: one will do
+        shell["entry"] = shell["entry"][:1]
     validate_bundle(shell)
 
 

@@ -103,6 +103,56 @@ def test_a_new_version_replaces_the_old_in_search(index: FhirIndex) -> None:
     assert _ids(index, _q([("code", "0000-0")])) == []
 
 
+def _param_rows(index: FhirIndex) -> dict[str, int]:
+    with sqlite3.connect(index.path) as conn:
+        return {
+            t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
+            for t in ("tokens", "dates", "refs")
+        }
+
+
+@pytest.mark.parametrize("order", [(1, 2, 3), (3, 1, 2), (2, 3, 1)])
+def test_versions_of_one_resource_in_one_batch(tmp_path: Path, order: tuple[int, ...]) -> None:
+    """put takes a batch in one go: whatever order its versions come in, the newest is the
+    only current one and the only one with parameter rows, as if put one by one."""
+    ix = FhirIndex(tmp_path / "fhir.db", os.urandom(32))
+    codes = {1: "1111-1", 2: "2222-2", 3: "3333-3"}
+    ix.put(
+        [
+            (_row(10 + v, "o9", version=v), _obs("o9", "p1", codes[v], f"2026-0{v}-01"))
+            for v in order
+        ]
+    )
+    assert [v.version for v in ix.versions("Observation", "o9")] == [3, 2, 1]
+    assert [v.current for v in ix.versions("Observation", "o9")] == [True, False, False]
+    assert _ids(ix, _q([("code", "3333-3")])) == ["o9"]
+    assert _ids(ix, _q([("code", "1111-1,2222-2")])) == []
+    assert _ids(ix, _q([("date", "lt2026-03-01")])) == []
+    alone = FhirIndex(tmp_path / "alone.db", os.urandom(32))  # the newest version by itself
+    alone.put([(_row(13, "o9", version=3), _obs("o9", "p1", codes[3], "2026-03-01"))])
+    assert _param_rows(ix) == _param_rows(alone)
+
+
+def test_the_same_versions_again_change_nothing(index: FhirIndex) -> None:
+    before = _param_rows(index)
+    again = [
+        (_row(1, "o1"), _obs("o1", "p1", "2339-0", "2025-06-05T09:00:00Z")),
+        (_row(2, "o2"), _obs("o2", "p1", "2339-0", "2025-06-07T09:00:00Z")),
+    ]
+    index.put(again + again[:1])  # twice in one batch, and already indexed
+    assert index.count() == 4 and _param_rows(index) == before
+    assert _ids(index, _q([("code", "2339-0"), ("patient", "p1")])) == ["o1", "o2"]
+    assert [v.version for v in index.versions("Observation", "o1")] == [1]
+
+
+def test_a_forgotten_resource_indexed_again_is_no_longer_forgotten(index: FhirIndex) -> None:
+    index.drop([bytes([1]) * 32])
+    assert index.forgotten("Observation", "o1") is not None
+    index.put([(_row(7, "o1", version=2), _obs("o1", "p1", "2339-0", "2026-01-01"))])
+    assert index.forgotten("Observation", "o1") is None
+    assert _ids(index, _q([("code", "2339-0"), ("patient", "p1")])) == ["o1", "o2"]
+
+
 def test_drop_forgets_everything_of_a_record(index: FhirIndex) -> None:
     assert index.drop(index.records_of(BOB)) == 1
     assert _ids(index, _q([("code", "2339-0")])) == ["o1", "o2"]
