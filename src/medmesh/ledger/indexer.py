@@ -630,13 +630,13 @@ class Indexer:
             for r in rows
         ]
 
-    def patients_changed(self, grantee: str, since_block: int) -> set[str]:
-        """Patients whose grants to ``grantee`` changed, or who anchored or erased records
-        while granting it something, after ``since_block`` (for caches of what a grantee may
-        read: a FHIR gateway's search index)."""
+    def consent_changed(self, grantee: str, since_block: int) -> set[str]:
+        """Patients whose grants to ``grantee`` changed after ``since_block`` (granted,
+        revoked, broken glass), for caches of what a grantee may read (a FHIR gateway's
+        search index)."""
         grantee = checksum(grantee)
         with self.engine.connect() as conn:
-            changed = {
+            return {
                 r[0]
                 for r in conn.execute(
                     sa.select(consent_log_t.c.patient).where(
@@ -644,16 +644,24 @@ class Indexer:
                     )
                 )
             }
-            granting = sa.select(grants_t.c.patient).where(grants_t.c.grantee == grantee)
-            changed |= {
-                r[0]
-                for r in conn.execute(
-                    sa.select(records_t.c.patient)
-                    .where(records_t.c.block > since_block, records_t.c.patient.in_(granting))
-                    .distinct()
-                )
-            }
-        return changed
+
+    def records_anchored(self, grantee: str, since_block: int) -> list[RecordRow]:
+        """Records anchored after ``since_block`` by ``grantee`` itself or by patients who
+        grant it something, by block (what a cache of what ``grantee`` may read has
+        to look at, besides :meth:`consent_changed`)."""
+        grantee = checksum(grantee)
+        granting = sa.select(grants_t.c.patient).where(grants_t.c.grantee == grantee)
+        query = (
+            sa.select(records_t)
+            .where(
+                records_t.c.block > since_block,
+                sa.or_(records_t.c.patient.in_(granting), records_t.c.patient == grantee),
+            )
+            .order_by(records_t.c.block)
+        )
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).mappings().all()
+        return [_record_row(r) for r in rows]
 
     def patients_expiring(self, grantee: str, after: float, until: float) -> set[str]:
         """Patients with a current grant to ``grantee`` that expires in ``(after, until]``

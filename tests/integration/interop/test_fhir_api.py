@@ -578,3 +578,47 @@ def test_an_expired_grant_leaves_the_index_within_seconds(world: World, token: s
         assert read.status_code == 403
     finally:
         repo.full_reconcile_s = sweep
+
+
+def test_records_a_granting_patient_anchors_reach_the_index_without_a_sweep(
+    world: World, token: str, patient_id: str
+) -> None:
+    """A patient who already grants the hospital writes a resource and a new version of it
+    themselves: each sync indexes what was anchored since the last (versions numbered from
+    the index), without re-reading all the patient's records or a full sweep."""
+    import json as _json
+
+    repo = world.service.repo
+    sweep = repo.full_reconcile_s
+    repo.full_reconcile_s, repo._last_full = 3600.0, time.time()
+    whole: list[str] = []
+    reconcile = repo._reconcile
+
+    async def spy(patient: str, now: float) -> int:
+        whole.append(patient)
+        return await reconcile(patient, now)
+
+    repo._reconcile = spy  # type: ignore[method-assign]
+    try:
+        keeper = world.keeper(world.patient)
+        obs = {**_glucose(patient_id, 101, "2022-02-02"), "id": "self-obs"}
+        first = keeper.put(_json.dumps(obs).encode(), "fhir:Observation")
+        obs["valueQuantity"] = {**obs["valueQuantity"], "value": 102}
+        keeper.put(_json.dumps(obs).encode(), "fhir:Observation", supersedes=first.cid)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            current = world.service.index.current("Observation", "self-obs")
+            if current is not None and current.version == 2:
+                break
+            time.sleep(0.2)
+        assert [v.version for v in world.service.index.versions("Observation", "self-obs")] == [
+            2,
+            1,
+        ]
+        r = requests.get(f"{world.url}/Observation/self-obs", headers=_h(token), timeout=10)
+        assert r.status_code == 200, r.text
+        assert r.json()["valueQuantity"]["value"] == 102 and r.json()["meta"]["versionId"] == "2"
+        assert world.patient.address not in whole  # followed incrementally, not swept
+    finally:
+        repo._reconcile = reconcile  # type: ignore[method-assign]
+        repo.full_reconcile_s = sweep

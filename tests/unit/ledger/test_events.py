@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from eth_abi.abi import decode as abi_decode
 from eth_abi.abi import encode as abi_encode
 from eth_abi.exceptions import DecodingError
 from hypothesis import given, settings
@@ -96,3 +97,45 @@ def test_truncated_data_is_an_error() -> None:
     topics = [codec.topic("AccessLogged")] + ["0x" + "00" * 32] * len(spec.indexed)
     with pytest.raises(DecodingError):
         codec.decode({"topics": topics, "data": "0x" + "00" * 7})
+
+
+def _word(n: int) -> bytes:
+    return n.to_bytes(32, "big")
+
+
+_ANCHORED_DATA = [  # (bytes4 kind, address author, bytes cid): well formed, then broken
+    ("kind padding", b"\x01\x02\x03\x04" + b"\x01" * 28 + _word(0) + _word(96) + _word(0)),
+    ("address padding", b"\x01\x02\x03\x04" + bytes(28) + b"\xff" * 32 + _word(96) + _word(0)),
+    ("offset past the end", b"\x01\x02\x03\x04" + bytes(28) + _word(0) + _word(4096) + _word(0)),
+    ("length past the end", b"\x01\x02\x03\x04" + bytes(28) + _word(0) + _word(96) + _word(33)),
+    (
+        "bytes padding",
+        b"\x01\x02\x03\x04" + bytes(28) + _word(0) + _word(96) + _word(1) + b"\x07" * 32,
+    ),
+    ("too short", b"\x01\x02\x03\x04" + bytes(28)),
+]
+
+
+@pytest.mark.parametrize(("case", "data"), _ANCHORED_DATA, ids=[c for c, _ in _ANCHORED_DATA])
+def test_malformed_event_data_is_refused_as_eth_abi_refuses_it(case: str, data: bytes) -> None:
+    """Static words and bytes are decoded without eth_abi; what it would refuse is refused."""
+    codec = EventCodec(ARTIFACTS["Records"].abi)
+    spec = codec.by_name["Anchored"]
+    topics = [codec.topic("Anchored")] + ["0x" + "00" * 32] * len(spec.indexed)
+    with pytest.raises(DecodingError):
+        abi_decode([t for _, t in spec.data], data)
+    with pytest.raises(DecodingError):
+        codec.decode({"topics": topics, "data": "0x" + data.hex()})
+
+
+def test_malformed_topics_are_refused() -> None:
+    codec = EventCodec(ARTIFACTS["Records"].abi)
+    good = codec.decode({
+        "topics": [codec.topic("Erased"), "0x" + "00" * 12 + "ab" * 20, "0x" + "cd" * 32],
+        "data": "0x",
+    })  # fmt: skip
+    assert good is not None and good[1]["patient"] == checksum("0x" + "ab" * 20)
+    with pytest.raises(DecodingError):  # an address with its upper bytes set
+        codec.decode(
+            {"topics": [codec.topic("Erased"), "0x" + "ff" * 32, "0x" + "cd" * 32], "data": "0x"}
+        )

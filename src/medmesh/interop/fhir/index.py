@@ -535,6 +535,10 @@ class FhirIndex:
         )
         return None if row is None else self._row(row)
 
+    def known_records(self, records: Sequence[bytes]) -> set[bytes]:
+        """Which of ``records`` the index holds."""
+        return set(self._rids_of(self._conn(), records))
+
     def body(self, record: bytes) -> dict[str, Any] | None:
         row = (
             self._conn()

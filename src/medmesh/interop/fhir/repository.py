@@ -211,12 +211,14 @@ class FhirRepository:
         resource: dict[str, Any],
         expected: set[str] | None = None,
         lookup: _Lookup | None = None,
+        refs: list[tuple[str, str]] | None = None,
     ) -> None:
         """Every relative reference to a supported type must name a resource this gateway
-        knows (references to other types, absolute URLs and ``urn:`` ones are not checked)."""
+        knows (references to other types, absolute URLs and ``urn:`` ones are not checked;
+        ``refs``: the resource's references, if already found)."""
         lookup = lookup or self.index.current
         missing = []
-        for path, ref in references(resource):
+        for path, ref in references(resource) if refs is None else refs:
             key = ref_key(ref)
             if key is None or ref.startswith(("http://", "https://")):
                 continue
@@ -325,7 +327,7 @@ class FhirRepository:
         (Patients are planned first, so the others find their owner); a resource that names
         one which failed fails too, so nothing stored points nowhere."""
         out: list[_Plan | FhirError | None] = [None] * len(resources)
-        valid: dict[int, tuple[dict[str, Any], str]] = {}
+        valid: dict[int, tuple[dict[str, Any], str, list[tuple[str, str]]]] = {}
         keys: dict[str, int] = {}
         for i, (resource, checked) in enumerate(
             zip(resources, validate_many(resources), strict=True)
@@ -345,15 +347,15 @@ class FhirRepository:
                 out[i] = exc
                 continue
             keys[f"{type_}/{id_}"] = i
-            valid[i] = (resource, id_)
+            valid[i] = (resource, id_, list(references(resource)))
         owners: dict[str, str] = {}  # "Patient/id" -> account, for Patients of this list
         order = sorted(valid, key=lambda i: valid[i][0]["resourceType"] != "Patient")
         lookup = self._prefetch(valid.values())
         expected = set(keys)
         for i in order:
-            resource, id_ = valid[i]
+            resource, id_, refs = valid[i]
             try:
-                plan = self._plan(resource, id_, expected, owners, lookup)
+                plan = self._plan(resource, id_, expected, owners, lookup, refs)
             except FhirError as exc:
                 out[i] = exc
                 continue
@@ -367,7 +369,7 @@ class FhirRepository:
                 done = out[i]
                 if not isinstance(done, _Plan):
                     continue
-                bad = [path for path, ref in references(done.body) if ref_key(ref) in failed]
+                bad = [path for path, ref in valid[i][2] if ref_key(ref) in failed]
                 if bad:
                     out[i] = FhirError.invalid(
                         [_issue("not-found", "references a resource of this request that failed", p) for p in bad],
@@ -377,14 +379,16 @@ class FhirRepository:
             failed = newly
         return [o if o is not None else FhirError.not_found("not processed") for o in out]
 
-    def _prefetch(self, resources: Iterable[tuple[dict[str, Any], str]]) -> _Lookup:
-        """A lookup of the current versions of everything ``resources`` (with their ids)
-        name or are, read from the index in one go (a batch of 1,000 would otherwise ask it
-        three times per resource)."""
+    def _prefetch(
+        self, resources: Iterable[tuple[dict[str, Any], str, list[tuple[str, str]]]]
+    ) -> _Lookup:
+        """A lookup of the current versions of everything ``resources`` (with their ids and
+        references) name or are, read from the index in one go (a batch of 1,000 would
+        otherwise ask it three times per resource)."""
         keys: set[tuple[str, str]] = set()
-        for resource, id_ in resources:
+        for resource, id_, refs in resources:
             keys.add((resource["resourceType"], id_))
-            for _, ref in references(resource):
+            for _, ref in refs:
                 key = ref_key(ref)
                 if key is not None:
                     type_, _, ref_id = key.partition("/")
@@ -399,6 +403,7 @@ class FhirRepository:
         expected: set[str] | None = None,
         owners: dict[str, str] | None = None,
         lookup: _Lookup | None = None,
+        refs: list[tuple[str, str]] | None = None,
     ) -> _Plan:
         """Check a validated resource's references and owner before anything is stored
         (``expected``: keys of resources written in the same request; ``owners``: the
@@ -406,7 +411,7 @@ class FhirRepository:
         :meth:`_prefetch` of them)."""
         lookup = lookup or self.index.current
         type_ = resource["resourceType"]
-        self._check_references(resource, expected, lookup)
+        self._check_references(resource, expected, lookup, refs)
         owner = self._owner_of(resource, owners, lookup)
         previous = lookup(type_, id_)
         if previous is not None and previous.patient != owner:
@@ -612,18 +617,24 @@ class FhirRepository:
             head = indexer.indexed_block() or 0
             since = int(self.index.get_meta("ledger_block") or -1)
             now = self._clock()
+            new: dict[str, list[RecordRow]] = {}  # patient -> records anchored since
             if now - self._last_full >= self.full_reconcile_s or since < 0:
                 patients = {g.patient for g in indexer.grants(grantee=self.me)} | {self.me}
                 patients |= set(self.index.patients())
                 self._last_full = now
             else:
-                patients = indexer.patients_changed(self.me, since)
+                patients = indexer.consent_changed(self.me, since)
                 # an expiry is no event: follow the grants whose time ran out since last sync
                 patients |= indexer.patients_expiring(self.me, self._expiries_seen, now)
+                for row in await asyncio.to_thread(indexer.records_anchored, self.me, since):
+                    if row.patient not in patients:
+                        new.setdefault(row.patient, []).append(row)
             self._expiries_seen = now
             changed = 0
             for patient in sorted(patients):
                 changed += await self._reconcile(patient, now)
+            for patient, rows in sorted(new.items()):
+                changed += await self._reconcile_new(patient, rows, now)
             self.index.set_meta("ledger_block", str(head))
             return changed
 
@@ -660,6 +671,56 @@ class FhirRepository:
 
     async def _reconcile(self, patient: str, now: float) -> int:
         dropped, missing, versions = await asyncio.to_thread(self._reconcile_plan, patient, now)
+        return dropped + await self._index_missing(patient, missing, versions)
+
+    def _new_plan(
+        self, patient: str, rows: list[RecordRow], now: float
+    ) -> tuple[list[RecordRow], dict[bytes, int]] | None:
+        """For a patient whose consents did not change and who only anchored ``rows`` since
+        the last sync: (the covered ones missing from the index, in version order; their
+        version numbers), without reading the patient's older records. None if a new
+        version supersedes one the index does not hold (its number needs the whole chain)."""
+        rows = [r for r in rows if r.kind in _KINDS and not r.erased]
+        by_id = {r.record: r for r in rows}
+        versions: dict[bytes, int] = {}
+        for r in rows:
+            chain = [r]  # back to a first version, or to one numbered already
+            while (
+                chain[-1].supersedes in by_id
+                and chain[-1].supersedes not in versions
+                and len(chain) <= len(rows)  # (a cycle cannot be anchored; stop anyway)
+            ):
+                chain.append(by_id[chain[-1].supersedes])
+            before = chain[-1].supersedes
+            if before is None:
+                base = 0
+            elif before in versions:
+                base = versions[before]
+            else:
+                previous = self.index.by_record(before)
+                if previous is None:
+                    return None
+                base = previous.version
+            for n, link in enumerate(reversed(chain), start=1):
+                versions[link.record] = base + n
+        have = self.index.known_records([r.record for r in rows])
+        with self._writing_lock:  # being written here: the writer indexes them
+            have |= self._writing
+        missing = [r for r in self._covered(patient, rows, now) if r.record not in have]
+        return sorted(missing, key=lambda r: versions[r.record]), versions
+
+    async def _reconcile_new(self, patient: str, rows: list[RecordRow], now: float) -> int:
+        """:meth:`_reconcile` for a patient who only anchored ``rows`` since the last sync
+        (the common case while records are imported: no need to read all their records)."""
+        plan = await asyncio.to_thread(self._new_plan, patient, rows, now)
+        if plan is None:
+            return await self._reconcile(patient, now)
+        return await self._index_missing(patient, *plan)
+
+    async def _index_missing(
+        self, patient: str, missing: list[RecordRow], versions: dict[bytes, int]
+    ) -> int:
+        """Fetch, open, validate and index ``missing`` records of ``patient``."""
         added = []
         for row in missing:
             record = row.record
@@ -677,7 +738,7 @@ class FhirRepository:
             )  # fmt: skip
         if added:
             await asyncio.to_thread(self.index.put, added)
-        return dropped + len(added)
+        return len(added)
 
     async def _fetch_own(self, row: RecordRow) -> dict[str, Any]:
         """Open a record for indexing (no consent check or access log: nothing is served)."""

@@ -179,3 +179,29 @@ def test_the_sync_does_not_fetch_what_the_gateway_is_writing() -> None:
     dropped, missing, _ = repo._reconcile_plan(me, time.time())
     assert dropped == 0
     assert [r.record for r in missing] == [rows[2].record]  # not 1 (indexed), not 2 (writing)
+
+
+def test_versions_of_new_records_follow_their_chain_in_any_order() -> None:
+    me = "0x" + "11" * 20
+    tag = kind_tag(kind_of("Observation"))
+
+    def rec(n: int, supersedes: int | None) -> RecordRow:
+        before = bytes([supersedes]) * 32 if supersedes is not None else None
+        return RecordRow(
+            bytes([n]) * 32, me, tag, before, me, bytes(Cid.of(bytes([n]))), 1, False, False
+        )
+
+    indexed = {bytes([1]) * 32: SimpleNamespace(version=4)}  # the index holds version 4 as record 1
+    keeper = SimpleNamespace(wallet=SimpleNamespace(address=me))
+    index = SimpleNamespace(
+        by_record=indexed.get, known_records=lambda records: set(records) & set(indexed)
+    )
+    repo = FhirRepository(keeper, SimpleNamespace(), index)  # type: ignore[arg-type]
+    # new: 2 supersedes 1 (indexed), 3 supersedes 2, 5 is a first version; listed out of order
+    plan = repo._new_plan(me, [rec(3, 2), rec(5, None), rec(2, 1)], time.time())
+    assert plan is not None
+    missing, versions = plan
+    assert versions == {bytes([2]) * 32: 5, bytes([3]) * 32: 6, bytes([5]) * 32: 1}
+    assert [r.record[0] for r in missing] == [5, 2, 3]  # in version order
+    # a new version of something the index does not hold: the patient needs a full reconcile
+    assert repo._new_plan(me, [rec(7, 6)], time.time()) is None
