@@ -35,6 +35,7 @@ from medmesh.errors import InvalidInputError, NotFoundError
 from medmesh.identity.wallet import Wallet
 from medmesh.ledger.client import Ledger
 from medmesh.ledger.contracts import Purpose, Scope, kind_tag, record_id
+from medmesh.ledger.events import checksum
 from medmesh.ledger.indexer import GrantRow, Indexer, RecordRow
 from medmesh.ledger.tx import Receipt
 from medmesh.storage.cid import Cid
@@ -245,9 +246,7 @@ class RecordKeeper:
         if not items:
             return SealedRecords([], [], [], [])
         self.indexer.sync()
-        owners = [
-            to_checksum_address(i.patient) if i.patient else self.wallet.address for i in items
-        ]
+        owners = [checksum(i.patient) if i.patient else self.wallet.address for i in items]
         pairs = [(owner, item.kind) for owner, item in zip(owners, items, strict=True)]
         sealed_for = self._recipients(list(dict.fromkeys(pairs)))
         plan = [sealed_for[pair] for pair in pairs]

@@ -18,33 +18,46 @@ from medmesh.crypto.errors import DecryptionError
 from medmesh.crypto.stream import BytesLike
 from medmesh.errors import InvalidInputError
 
-__all__ = ["NONCE_SIZE", "decrypt_aes256gcm", "encrypt_aes256gcm"]
+__all__ = ["NONCE_SIZE", "AesGcmKey", "decrypt_aes256gcm", "encrypt_aes256gcm"]
 
 NONCE_SIZE: Final = 12
 _KEY_SIZE: Final = 32
 
 
-def _cipher(key: BytesLike) -> AESGCM:
-    if len(key) != _KEY_SIZE:
-        raise InvalidInputError(f"AES-256-GCM key must be {_KEY_SIZE} bytes")
-    return AESGCM(bytes(key))
+class AesGcmKey:
+    """One AES-256-GCM key, set up once for many values (an index sealing a row per
+    resource): :func:`encrypt_aes256gcm` and :func:`decrypt_aes256gcm` without the per-call
+    key schedule."""
+
+    def __init__(self, key: BytesLike) -> None:
+        if len(key) != _KEY_SIZE:
+            raise InvalidInputError(f"AES-256-GCM key must be {_KEY_SIZE} bytes")
+        self._aead = AESGCM(bytes(key))
+
+    def encrypt(self, plaintext: BytesLike, aad: bytes = b"") -> tuple[bytes, bytes]:
+        """Encrypt ``plaintext``; return ``(nonce, ciphertext_with_tag)``."""
+        nonce = os.urandom(NONCE_SIZE)
+        return nonce, self._aead.encrypt(nonce, plaintext, aad)
+
+    def decrypt(self, nonce: bytes, ciphertext: BytesLike, aad: bytes = b"") -> bytes:
+        """Decrypt and verify; raise :class:`DecryptionError` if anything was altered."""
+        if len(nonce) != NONCE_SIZE:
+            raise DecryptionError(f"AES-256-GCM nonce must be {NONCE_SIZE} bytes")
+        try:
+            return self._aead.decrypt(nonce, ciphertext, aad)
+        except InvalidTag:
+            raise DecryptionError("AES-256-GCM authentication failed") from None
 
 
 def encrypt_aes256gcm(
     key: BytesLike, plaintext: BytesLike, aad: bytes = b""
 ) -> tuple[bytes, bytes]:
     """Encrypt ``plaintext``; return ``(nonce, ciphertext_with_tag)``."""
-    nonce = os.urandom(NONCE_SIZE)
-    return nonce, _cipher(key).encrypt(nonce, plaintext, aad)
+    return AesGcmKey(key).encrypt(plaintext, aad)
 
 
 def decrypt_aes256gcm(
     key: BytesLike, nonce: bytes, ciphertext: BytesLike, aad: bytes = b""
 ) -> bytes:
     """Decrypt and verify; raise :class:`DecryptionError` if anything was altered."""
-    if len(nonce) != NONCE_SIZE:
-        raise DecryptionError(f"AES-256-GCM nonce must be {NONCE_SIZE} bytes")
-    try:
-        return _cipher(key).decrypt(nonce, ciphertext, aad)
-    except InvalidTag:
-        raise DecryptionError("AES-256-GCM authentication failed") from None
+    return AesGcmKey(key).decrypt(nonce, ciphertext, aad)

@@ -25,6 +25,7 @@ caller's list of any length into such transactions (sent by
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -71,8 +72,9 @@ def record_id(patient: str, cid: bytes | Any) -> bytes:
     return keccak(owner + bytes(cid))
 
 
+@functools.lru_cache(maxsize=1024)
 def kind_tag(kind: str) -> bytes:
-    """The 4-byte tag of a record kind name."""
+    """The 4-byte tag of a record kind name (cached: a few kinds recur in every batch)."""
     if not kind or len(kind) > 64 or not kind.isprintable():
         raise InvalidInputError("a record kind is a short printable name, e.g. fhir:Observation")
     return keccak(text=kind)[:4]

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from medmesh.crypto.aead import decrypt_aes256gcm, encrypt_aes256gcm
+from medmesh.crypto.aead import AesGcmKey, decrypt_aes256gcm, encrypt_aes256gcm
 from medmesh.crypto.errors import DecryptionError
 from medmesh.crypto.kdf import hkdf_sha256
 from medmesh.errors import InvalidInputError
@@ -48,3 +48,19 @@ def test_aead_round_trip_and_failures() -> None:
         decrypt_aes256gcm(key, nonce[:8], ciphertext, aad=b"ctx")
     with pytest.raises(InvalidInputError):
         encrypt_aes256gcm(b"short", b"x")
+
+
+def test_a_key_set_up_once_seals_and_opens_like_the_functions() -> None:
+    raw = os.urandom(32)
+    key = AesGcmKey(raw)
+    nonce, ct = key.encrypt(b"body", aad=b"record-1")
+    assert decrypt_aes256gcm(raw, nonce, ct, aad=b"record-1") == b"body"
+    nonce2, ct2 = encrypt_aes256gcm(raw, b"body", aad=b"record-1")
+    assert key.decrypt(nonce2, ct2, aad=b"record-1") == b"body"
+    assert nonce != nonce2  # a fresh nonce per value
+    with pytest.raises(DecryptionError):
+        key.decrypt(nonce, ct, aad=b"record-2")  # bound to its record
+    with pytest.raises(DecryptionError):
+        key.decrypt(nonce[:8], ct, aad=b"record-1")
+    with pytest.raises(InvalidInputError):
+        AesGcmKey(raw[:16])

@@ -34,7 +34,6 @@ version is emptied and rebuilt from the ledger, as the index is only a cache of 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import hmac
 import json
 import logging
@@ -46,7 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from medmesh.crypto.aead import NONCE_SIZE, decrypt_aes256gcm, encrypt_aes256gcm
+from medmesh.crypto.aead import NONCE_SIZE, AesGcmKey
 from medmesh.crypto.kdf import hkdf_sha256
 from medmesh.interop.fhir.params import DateRange, extract
 from medmesh.sqlite import immediate
@@ -252,7 +251,7 @@ class FhirIndex:
     ) -> None:
         self.path = str(path)
         self.tuning = tuning
-        self._body_key = hkdf_sha256(secret, info=b"medmesh/fhir-index/v1/body")
+        self._body_key = AesGcmKey(hkdf_sha256(secret, info=b"medmesh/fhir-index/v1/body"))
         self._token_key = hkdf_sha256(secret, info=b"medmesh/fhir-index/v1/token")
         self._local = threading.local()
         self._write_lock = threading.Lock()
@@ -310,20 +309,18 @@ class FhirIndex:
     # -- secrets ------------------------------------------------------------------------------
 
     def _token(self, value: bytes) -> bytes:
-        return hmac.new(self._token_key, value, hashlib.sha256).digest()[:16]
+        return hmac.digest(self._token_key, value, "sha256")[:16]
 
     def token_value(self, text: str) -> bytes:
         return self._token(text.encode())
 
     def _seal(self, record: bytes, body: dict[str, Any]) -> bytes:
         plain = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
-        nonce, ct = encrypt_aes256gcm(self._body_key, plain, aad=record)
+        nonce, ct = self._body_key.encrypt(plain, aad=record)
         return nonce + ct
 
     def _open(self, record: bytes, sealed: bytes) -> dict[str, Any]:
-        plain = decrypt_aes256gcm(
-            self._body_key, sealed[:NONCE_SIZE], sealed[NONCE_SIZE:], aad=record
-        )
+        plain = self._body_key.decrypt(sealed[:NONCE_SIZE], sealed[NONCE_SIZE:], aad=record)
         out: dict[str, Any] = json.loads(plain)
         return out
 
