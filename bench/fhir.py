@@ -77,7 +77,7 @@ from medmesh.daemons import free_port  # noqa: E402
 from medmesh.devnet import Devnet  # noqa: E402
 from medmesh.identity import Wallet  # noqa: E402
 from medmesh.interop.client import GatewayClient  # noqa: E402
-from medmesh.interop.fhir.importer import Importer  # noqa: E402
+from medmesh.interop.fhir.importer import DEFAULT_PARALLEL, Importer  # noqa: E402
 from medmesh.interop.fhir.index import FhirIndex, IndexedResource  # noqa: E402
 from medmesh.interop.fhir.repository import ACCOUNT_SYSTEM  # noqa: E402
 from medmesh.interop.fhir.search import parse_search  # noqa: E402
@@ -318,7 +318,10 @@ def main() -> int:
     ap.add_argument("--patients", type=int, default=50)
     ap.add_argument("--chunk", type=int, default=1000, help="resources per batch Bundle")
     ap.add_argument(
-        "--parallel", type=int, default=3, help="batch Bundles in flight (as `fhir import`)"
+        "--parallel",
+        type=int,
+        default=DEFAULT_PARALLEL,
+        help="batch Bundles in flight (as `fhir import`)",
     )
     ap.add_argument("--reads", type=int, default=4000)
     ap.add_argument("--clients", type=int, default=4, help="client processes for the reads")

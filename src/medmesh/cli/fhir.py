@@ -68,12 +68,12 @@ def import_(
     parallel: Annotated[
         int,
         typer.Option(
-            help="Batch requests in flight at once (the gateway stores one while it anchors "
-            "the one before).",
+            help="Batch requests in flight at once (the gateway seals one, stores another "
+            "and anchors the ones before).",
             min=1,
             max=8,
         ),
-    ] = 3,
+    ] = 4,  # importer.DEFAULT_PARALLEL (not imported here: it loads the FHIR models)
     accounts: Annotated[
         Path | None,
         typer.Option(

@@ -259,3 +259,16 @@ def test_one_chunk_at_a_time_when_asked(tmp_path: Path) -> None:
     assert gw.overlaps == set()
     with pytest.raises(InvalidInputError, match="in flight"):
         Importer([src], gw, state_dir=tmp_path / "s", parallel=0)
+
+
+def test_the_cli_defaults_are_the_importers() -> None:
+    """`medmesh fhir import` spells its defaults out (importing the importer would load the
+    FHIR models at every CLI start): they must stay the importer's."""
+    import inspect
+
+    from medmesh.cli.fhir import import_
+    from medmesh.interop.fhir.importer import DEFAULT_CHUNK, DEFAULT_PARALLEL
+
+    params = inspect.signature(import_).parameters
+    assert params["parallel"].default == DEFAULT_PARALLEL
+    assert params["chunk"].default == DEFAULT_CHUNK
