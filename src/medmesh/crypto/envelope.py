@@ -19,6 +19,7 @@ made with :func:`wrap_for_record` (the gateway of a later layer hands them out).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import struct
 from collections.abc import Iterable, Iterator, Sequence
@@ -122,8 +123,14 @@ def seal_one(job: SealJob) -> bytes:
     """Seal one small record in one piece (a module-level function: a worker process can
     run it, ``medmesh.workers``)."""
     data, keys = job
-    sealer = RecordSealer([EncryptionPublicKey.from_bytes(suite, raw) for suite, raw in keys])
+    sealer = RecordSealer([_public_key(suite, raw) for suite, raw in keys])
     return sealer.update(data) + sealer.finalize()
+
+
+@functools.lru_cache(maxsize=4096)
+def _public_key(suite: str, raw: bytes) -> EncryptionPublicKey:
+    """A recipient's key, parsed once per worker (a batch names the same few thousand)."""
+    return EncryptionPublicKey.from_bytes(suite, raw)
 
 
 def seal_record(

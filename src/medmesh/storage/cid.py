@@ -54,6 +54,16 @@ def _read_varint(buf: bytes, pos: int) -> tuple[int, int]:
         raise InvalidCidError("CID has a truncated or oversized varint") from exc
 
 
+_B32_VALUE: Final = {c: i for i, c in enumerate("abcdefghijklmnopqrstuvwxyz234567")}
+
+
+def _canonical_b32(body: str) -> bool:
+    """Whether unpadded lowercase base32 ``body`` is what encoding its bytes gives back: a
+    length an encoder can produce and no bits set past the last whole byte."""
+    spare = (5 * len(body)) % 8  # bits of the last character beyond the last whole byte
+    return spare < 5 and _B32_VALUE[body[-1]] & ((1 << spare) - 1) == 0
+
+
 def hash_digest(hash_code: int, data: bytes | bytearray | memoryview) -> bytes:
     """Digest of ``data`` under the multihash function ``hash_code``."""
     if hash_code == SHA2_256:
@@ -144,14 +154,15 @@ class Cid:
             raise InvalidCidError("not a CID: empty or too long")
         if not text.isascii() or not text.isprintable():
             raise InvalidCidError("not a CID: non-printable characters")
-        if text[0] == "b" and _BASE32_LOWER.fullmatch(text, 1):
+        if text[0] == "b" and _BASE32_LOWER.fullmatch(text, 1) and _canonical_b32(text[1:]):
             # fast path for the CIDv1 form medmesh prints (same result as multiformats)
             try:
                 raw = base64.b32decode(text[1:].upper() + "=" * (-(len(text) - 1) % 8))
                 cid = cls.from_bytes(raw)
             except (ValueError, InvalidCidError):
                 cid = None
-            if cid is not None and str(cid) == text:  # canonical, incl. padding bits
+            if cid is not None:
+                object.__setattr__(cid, "_text", text)  # it is its own text form
                 return cid
         try:
             mf = _MfCid.decode(text)

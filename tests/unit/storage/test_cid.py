@@ -83,3 +83,19 @@ def test_immutable_and_hashable() -> None:
     assert a == b and hash(a) == hash(b) and len({a, b}) == 1
     with pytest.raises(AttributeError):
         a.version = 0  # type: ignore[misc]
+
+
+@given(
+    codecs, st.binary(min_size=32, max_size=32), st.sampled_from("abcdefghijklmnopqrstuvwxyz234567")
+)
+def test_only_the_canonical_base32_text_parses(codec: int, digest: bytes, last: str) -> None:
+    """Any last character: the text parses only if it is the CID's own text form (no bits
+    set past the last byte), and then it is that CID."""
+    cid = Cid(1, codec, SHA2_256, digest)
+    text = str(cid)[:-1] + last
+    try:
+        parsed = Cid.parse(text)
+    except InvalidCidError:
+        assert text != str(cid)
+    else:
+        assert str(parsed) == text == str(Cid.from_bytes(bytes(parsed)))
