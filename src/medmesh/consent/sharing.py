@@ -71,7 +71,7 @@ class SealedRecords:
     items: list[NewRecord]
     owners: list[str]  # checksummed, one per item
     recipients: list[list[EncryptionPublicKey]]  # whom each was sealed for besides us
-    sealed: list[bytes]  # the ciphertext of each
+    sealed: list[Any]  # the ciphertext of each, prepared for the store (Client.seal_many)
 
 
 @dataclass(frozen=True)

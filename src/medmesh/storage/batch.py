@@ -52,7 +52,7 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from medmesh.errors import MedmeshError, NodeUnavailableError, StorageError
+from medmesh.errors import InvalidInputError, MedmeshError, NodeUnavailableError, StorageError
 from medmesh.storage.block import Block
 from medmesh.storage.cid import Cid
 from medmesh.storage.importer import DagBuilder
@@ -63,7 +63,7 @@ from medmesh.storage.transport import NodeClient
 from medmesh.storage.uploader import PutReceipt, StoreParams, _leaves, settle, upload
 from medmesh.workers import map_batch
 
-__all__ = ["BatchOutcome", "upload_many"]
+__all__ = ["BatchOutcome", "EncodedObject", "encode_object", "prepare_object", "upload_many"]
 
 RESCUE_CONCURRENCY = 8  # objects repaired at once after a node died mid-call
 
@@ -72,8 +72,10 @@ BatchOutcome = PutReceipt | MedmeshError
 
 
 @dataclass(eq=False)
-class _Object:
-    """One object of a chunk: encoded, then placed and acknowledged share by share."""
+class EncodedObject:
+    """One object encoded for upload (leaves, stripes, DAG, manifest), then placed and
+    acknowledged share by share. :func:`prepare_object` makes one ahead of the upload, in a
+    worker process, so that encoding is not part of the serialized upload."""
 
     index: int  # position in the caller's sequence
     root: Cid
@@ -91,7 +93,7 @@ class _Object:
     error: MedmeshError | None = None
 
 
-def encode_object(index: int, data: bytes, params: StoreParams) -> _Object:
+def encode_object(index: int, data: bytes, params: StoreParams) -> EncodedObject:
     """Leaves, stripes, DAG and manifest of one in-memory object (CPU only)."""
     leaves = list(_leaves([data], params.chunk_size)) or [b""]
     stripes = encode_stripe_group(0, leaves, params.erasure, params.proof_segment)
@@ -116,7 +118,7 @@ def encode_object(index: int, data: bytes, params: StoreParams) -> _Object:
         stripes=tuple(st.row() for st in stripes),
     )
     manifest_cid, manifest_blocks = encode_manifest(manifest)
-    return _Object(
+    return EncodedObject(
         index,
         root,
         manifest_cid,
@@ -128,9 +130,24 @@ def encode_object(index: int, data: bytes, params: StoreParams) -> _Object:
     )
 
 
+def prepare_object(data: bytes, params: StoreParams) -> bytes | EncodedObject:
+    """``data`` encoded as :func:`upload_many` will store it with ``params`` (CPU only: run
+    it in a worker, ahead of the upload), or ``data`` itself if it is too big for a chunk."""
+    if len(data) > params.batch_object_bytes:
+        return data
+    return encode_object(0, data, params)
+
+
+def _same_layout(obj: EncodedObject, params: StoreParams) -> bool:
+    m = obj.manifest
+    return (m.k, m.n, m.chunk_size, m.max_links, m.proof_segment) == (
+        params.k, params.n, params.chunk_size, params.max_links, params.proof_segment,
+    )  # fmt: skip
+
+
 @dataclass
 class _Chunk:
-    objects: list[_Object]
+    objects: list[EncodedObject]
     big: tuple[int, bytes] | None  # an object too big for a chunk, stored after it
     last: bool  # the source is exhausted
 
@@ -138,16 +155,17 @@ class _Chunk:
 class _Chunker:
     """Cuts the caller's objects into chunks; runs in one worker thread at a time."""
 
-    def __init__(self, source: Iterable[bytes], params: StoreParams) -> None:
-        self.source: Iterator[tuple[int, bytes]] = enumerate(source)
+    def __init__(self, source: Iterable[bytes | EncodedObject], params: StoreParams) -> None:
+        self.source: Iterator[tuple[int, bytes | EncodedObject]] = enumerate(source)
         self.params = params
-        self.carry: tuple[int, bytes] | None = None
+        self.carry: tuple[int, bytes | EncodedObject] | None = None
 
     def next(self) -> _Chunk:
         """The next chunk, its objects encoded (in worker processes for a large chunk:
-        erasure coding and DAG building are CPU only, :mod:`medmesh.workers`)."""
+        erasure coding and DAG building are CPU only, :mod:`medmesh.workers`; objects the
+        caller encoded already, with :func:`prepare_object`, are taken as they are)."""
         p = self.params
-        taken: list[tuple[int, bytes]] = []
+        taken: list[tuple[int, bytes | EncodedObject]] = []
         nbytes = 0
         big: tuple[int, bytes] | None = None
         last = False
@@ -160,28 +178,42 @@ class _Chunker:
                     last = True
                     break
                 item = got
-            data = item[1]
-            if len(data) > p.batch_object_bytes:
-                big = item
-                break
-            if taken and nbytes + len(data) > p.batch_object_bytes:
+            index, data = item
+            if isinstance(data, EncodedObject):
+                if not _same_layout(data, p):
+                    raise InvalidInputError(
+                        f"object {index} was encoded with other storage parameters"
+                    )
+                size = data.manifest.size
+            else:
+                size = len(data)
+                if size > p.batch_object_bytes:
+                    big = (index, data)
+                    break
+            if taken and nbytes + size > p.batch_object_bytes:
                 self.carry = item
                 break
             taken.append(item)
-            nbytes += len(data)
+            nbytes += size
             if len(taken) >= p.batch_objects:
                 break
-        jobs = [(index, data, p) for index, data in taken]
-        return _Chunk(list(map_batch(_encode_job, jobs)), big, last)
+        jobs = [(i, d, p) for i, d in taken if not isinstance(d, EncodedObject)]
+        encoded = iter(map_batch(_encode_job, jobs))
+        objects = []
+        for i, d in taken:
+            obj = d if isinstance(d, EncodedObject) else next(encoded)
+            obj.index = i  # its place in this call
+            objects.append(obj)
+        return _Chunk(objects, big, last)
 
 
-def _encode_job(job: tuple[int, bytes, StoreParams]) -> _Object:
+def _encode_job(job: tuple[int, bytes, StoreParams]) -> EncodedObject:
     return encode_object(*job)
 
 
 @dataclass
 class _Share:
-    obj: _Object
+    obj: EncodedObject
     stripe: int
     share: int
     block: Block
@@ -193,7 +225,7 @@ class _NodeBatch:
 
     shares: list[_Share] = field(default_factory=list)
 
-    def objects(self) -> list[_Object]:
+    def objects(self) -> list[EncodedObject]:
         return list({id(s.obj): s.obj for s in self.shares}.values())
 
     def blocks(self, nid: str) -> list[Block]:
@@ -209,11 +241,13 @@ class _Batch:
     nodes: dict[str, NodeClient]  # node id -> client
     params: StoreParams
     dead: set[str] = field(default_factory=set)
-    stored: list[_Object] = field(default_factory=list)  # settled, without share bytes
+    stored: list[EncodedObject] = field(default_factory=list)  # settled, without share bytes
 
 
 async def upload_many(
-    nodes: Iterable[NodeClient], objects: Iterable[bytes], params: StoreParams | None = None
+    nodes: Iterable[NodeClient],
+    objects: Iterable[bytes | EncodedObject],
+    params: StoreParams | None = None,
 ) -> list[BatchOutcome]:
     """Store many objects held in memory on ``nodes``; see the module docstring.
 
@@ -253,7 +287,7 @@ async def upload_many(
 
 
 async def _store_chunk(
-    batch: _Batch, objects: list[_Object], results: dict[int, BatchOutcome]
+    batch: _Batch, objects: list[EncodedObject], results: dict[int, BatchOutcome]
 ) -> None:
     if not objects:
         return
@@ -333,9 +367,9 @@ async def _send_all(batch: _Batch, plan: dict[str, _NodeBatch]) -> None:
         plan = retry
 
 
-async def _register_all(batch: _Batch, objects: list[_Object]) -> None:
+async def _register_all(batch: _Batch, objects: list[EncodedObject]) -> None:
     """Index every object on every live node holding its shares, one request per node."""
-    at: dict[str, list[_Object]] = defaultdict(list)
+    at: dict[str, list[EncodedObject]] = defaultdict(list)
     for obj in objects:
         if obj.error is not None:
             continue
@@ -370,7 +404,7 @@ async def _register_all(batch: _Batch, objects: list[_Object]) -> None:
             obj.error = StorageError("no storage node accepted the object's manifest")
 
 
-async def _finish(batch: _Batch, obj: _Object, results: dict[int, BatchOutcome]) -> None:
+async def _finish(batch: _Batch, obj: EncodedObject, results: dict[int, BatchOutcome]) -> None:
     if obj.error is not None:
         results[obj.index] = obj.error
         return
@@ -407,7 +441,7 @@ async def _rescue(batch: _Batch, results: dict[int, BatchOutcome]) -> None:
     ]
     gate = asyncio.Semaphore(RESCUE_CONCURRENCY)
 
-    async def one(obj: _Object) -> None:
+    async def one(obj: EncodedObject) -> None:
         async with gate:
             await _finish(batch, obj, results)
 

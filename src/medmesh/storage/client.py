@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import io
 import os
 from collections.abc import Callable, Coroutine, Iterator, Sequence
@@ -22,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
-from medmesh.crypto.envelope import RecordOpener, RecordSealer, seal_job, seal_one
+from medmesh.crypto.envelope import RecordOpener, RecordSealer, SealJob, seal_job, seal_one
 from medmesh.crypto.keys import EncryptionPublicKey
 from medmesh.errors import InvalidInputError, MedmeshError, StorageError
 from medmesh.identity.wallet import Wallet
@@ -103,6 +104,12 @@ class GetResult:
         }
 
 
+def seal_and_prepare(job: SealJob, prepare: Callable[[bytes], Any]) -> Any:
+    """Seal one small record (:func:`~medmesh.crypto.envelope.seal_one`) and prepare it
+    for its store in the same worker call (module level: workers run it)."""
+    return prepare(seal_one(job))
+
+
 def _chunks(
     source: Source, counter: Callable[[int], None] | None
 ) -> tuple[Iterator[bytes], Callable[[], None]]:
@@ -176,26 +183,30 @@ class Client:
             close()
         return PutResult(stored.cid, done[0], stored.size, stored.manifest, dict(stored.details))
 
-    def seal_many(
-        self, items: Sequence[tuple[bytes, Sequence[EncryptionPublicKey]]]
-    ) -> list[bytes]:
-        """Seal records as :meth:`aput_many` does, without storing them (a writer can seal
-        its next batch while the one before uploads); in worker processes for a large
-        batch (:mod:`medmesh.workers`)."""
+    def seal_many(self, items: Sequence[tuple[bytes, Sequence[EncryptionPublicKey]]]) -> list[Any]:
+        """Seal records as :meth:`aput_many` does, and do the store's CPU work on them
+        (:meth:`ObjectStore.preparer`: the network store erasure-codes), without storing
+        them: a writer can prepare its next batch while the one before uploads. In worker
+        processes for a large batch (:mod:`medmesh.workers`). For ``aput_many(sealed=…)``."""
         return list(self._sealing(items))
 
     def _sealing(
         self, items: Sequence[tuple[bytes, Sequence[EncryptionPublicKey]]]
-    ) -> Iterator[bytes]:
-        """Each record sealed for this wallet and its recipients, in order, as they come."""
+    ) -> Iterator[Any]:
+        """Each record sealed for this wallet and its recipients and prepared for the store,
+        in order, as they come."""
         me = self.wallet.encryption_public_key
-        return map_batch(seal_one, [seal_job(d, [me, *r]) for d, r in items])
+        jobs = [seal_job(d, [me, *r]) for d, r in items]
+        prepare = self.store.preparer()
+        if prepare is None:
+            return map_batch(seal_one, jobs)
+        return map_batch(functools.partial(seal_and_prepare, prepare=prepare), jobs)
 
     async def aput_many(
         self,
         items: Sequence[tuple[bytes, Sequence[EncryptionPublicKey]]],
         *,
-        sealed: Sequence[bytes] | None = None,
+        sealed: Sequence[Any] | None = None,
     ) -> list[PutResult]:
         """Seal and store many small records: ``(plaintext, recipients)`` pairs.
 
@@ -209,7 +220,8 @@ class Client:
         sealing runs in worker processes for a large batch (:mod:`medmesh.workers`) and
         encoding in a worker thread, one chunk ahead of the uploads.
 
-        ``sealed``: the records as :meth:`seal_many` sealed them, stored as they are.
+        ``sealed``: the records as :meth:`seal_many` sealed and prepared them, stored as
+        they are.
 
         Returns one :class:`PutResult` per record, in order. If some records could not be
         stored, raises :class:`BatchPutError` after the others were: its ``results`` hold

@@ -22,6 +22,7 @@ from medmesh.errors import (
 from medmesh.identity import Wallet
 from medmesh.storage.backends.memory import MemoryStore
 from medmesh.storage.backends.network import NetworkStore
+from medmesh.storage.batch import EncodedObject, prepare_object
 from medmesh.storage.block import Block
 from medmesh.storage.cid import DAG_CBOR, Cid
 from medmesh.storage.client import BatchPutError, Client, PutResult
@@ -373,4 +374,52 @@ def test_an_error_of_the_source_stops_the_call(cluster: LocalCluster, wallet: Wa
             await store.close()
 
     with pytest.raises(ValueError, match="sealing failed"):
+        asyncio.run(run())
+
+
+def test_records_prepared_ahead_are_stored_as_the_bytes_would_be(
+    cluster: LocalCluster, wallet: Wallet, reader: Wallet
+) -> None:
+    """seal_many seals and erasure-codes in one go (the store's preparer), so that the
+    upload only sends: the objects stored are the ones aput_many makes from bytes."""
+    params = StoreParams(k=2, n=3, batch_objects=16, batch_object_bytes=300_000)
+    client = client_for(cluster, wallet, params)
+    data = records(40, 900, seed=11)
+    data[5] = random_bytes(400_000, seed=12)  # too big for a chunk: left as bytes
+    items = [(d, [reader.encryption_public_key]) for d in data]
+    prepared = client.seal_many(items)
+    assert [type(p) for p in prepared].count(EncodedObject) == 39
+    assert isinstance(prepared[5], bytes)
+
+    async def store() -> list[PutResult]:
+        try:
+            return await client.aput_many(items, sealed=prepared)
+        finally:
+            await client.store.close()
+
+    results = asyncio.run(store())
+    for r, d, p in zip(results, data, prepared, strict=True):
+        assert get_bytes(client, r.cid) == d
+        # the same object as storing the sealed bytes themselves would make
+        sealed = sealed_bytes(cluster, wallet, r.cid)
+        assert import_bytes(sealed)[0] == r.cid
+        if isinstance(p, EncodedObject):
+            assert p.root == r.cid and p.manifest_cid == r.manifest
+    other = Client(NetworkStore(cluster.urls, params=params), reader)
+    assert get_bytes(other, results[3].cid) == data[3]
+
+
+def test_objects_prepared_for_other_parameters_are_refused(
+    cluster: LocalCluster, wallet: Wallet
+) -> None:
+    other = prepare_object(random_bytes(800, seed=13), StoreParams(k=3, n=5))
+    store = NetworkStore(cluster.urls, signer=wallet, params=PARAMS)
+
+    async def run() -> None:
+        try:
+            await store.put_many([other])
+        finally:
+            await store.close()
+
+    with pytest.raises(InvalidInputError, match="encoded with other storage parameters"):
         asyncio.run(run())

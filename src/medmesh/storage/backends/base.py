@@ -99,7 +99,14 @@ class ObjectStore(ABC):
             The object's CID (as ``ipfs add --cid-version=1 --raw-leaves`` computes it).
         """
 
-    async def put_many(self, objects: Iterable[bytes]) -> list[StoredObject | MedmeshError]:
+    def preparer(self) -> Callable[[bytes], Any] | None:
+        """A function that does the CPU-only part of storing an object ahead of time, or
+        None. A caller with many objects runs it in worker processes (it is picklable) and
+        gives :meth:`put_many` what it returns instead of the bytes: the network store
+        erasure-codes there, so that its uploads, one batch at a time, only send."""
+        return None
+
+    async def put_many(self, objects: Iterable[Any]) -> list[StoredObject | MedmeshError]:
         """Store many objects held in memory (small sealed records, typically).
 
         Each object is stored as :meth:`put` stores it, with its own CID. Stores that can
@@ -109,7 +116,8 @@ class ObjectStore(ABC):
         Parameters
         ----------
         objects
-            The objects' bytes, consumed lazily, in a worker thread where the store can.
+            The objects' bytes, or what this store's :meth:`preparer` made of them;
+            consumed lazily, in a worker thread where the store can.
 
         Returns
         -------

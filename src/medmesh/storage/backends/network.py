@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import secrets
 from collections import defaultdict
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import Any
 
 from medmesh.errors import AuthError, MedmeshError, NotFoundError
@@ -23,7 +24,7 @@ from medmesh.storage.backends.base import (
     StoredObject,
     VerifyReport,
 )
-from medmesh.storage.batch import upload_many
+from medmesh.storage.batch import EncodedObject, prepare_object, upload_many
 from medmesh.storage.cid import RAW, Cid
 from medmesh.storage.downloader import stream_leaves
 from medmesh.storage.fetcher import StripeFetcher
@@ -74,10 +75,18 @@ class NetworkStore(ObjectStore):
         receipt = await upload(self._clients(), pieces, self.params, progress=progress)
         return self._stored(receipt)
 
-    async def put_many(self, objects: Iterable[bytes]) -> list[StoredObject | MedmeshError]:
+    def preparer(self) -> Callable[[bytes], bytes | EncodedObject]:
+        """Erasure-code and lay out an object for :meth:`put_many` (see
+        :func:`medmesh.storage.batch.prepare_object`)."""
+        return functools.partial(prepare_object, params=self.params)
+
+    async def put_many(
+        self, objects: Iterable[bytes | EncodedObject]
+    ) -> list[StoredObject | MedmeshError]:
         """Store many objects with one signed upload and one signed registration per node
         per chunk (:func:`medmesh.storage.batch.upload_many`), each object laid out and
-        indexed exactly as :meth:`put` would."""
+        indexed exactly as :meth:`put` would; objects :meth:`preparer` encoded are sent as
+        they are."""
         outcomes = await upload_many(self._clients(), objects, self.params)
         return [o if isinstance(o, MedmeshError) else self._stored(o) for o in outcomes]
 
