@@ -230,7 +230,19 @@ class Cid:
         return self._bytes < other._bytes
 
     def __reduce__(self) -> tuple[object, ...]:
-        return (Cid.from_bytes, (self._bytes,))
+        # pickled between medmesh's own processes (worker pools send encoded objects, ten
+        # CIDs each): rebuilt from its parts, not parsed and checked again
+        return (_rebuild, (self.version, self.codec, self.hash_code, self.digest, self._bytes))
+
+
+def _rebuild(version: int, codec: int, hash_code: int, digest: bytes, raw: bytes) -> Cid:
+    cid = object.__new__(Cid)
+    for name, value in (
+        ("version", version), ("codec", codec), ("hash_code", hash_code), ("digest", digest),
+        ("_bytes", raw),
+    ):  # fmt: skip
+        object.__setattr__(cid, name, value)
+    return cid
 
 
 #: The empty identity CID used by IPFS gateways as a liveness probe.

@@ -99,3 +99,18 @@ def test_only_the_canonical_base32_text_parses(codec: int, digest: bytes, last: 
         assert text != str(cid)
     else:
         assert str(parsed) == text == str(Cid.from_bytes(bytes(parsed)))
+
+
+@given(codecs, hashes, st.binary(min_size=32, max_size=32))
+def test_a_pickled_cid_comes_back_whole(codec: int, hash_code: int, digest: bytes) -> None:
+    """Worker processes send CIDs by pickle, rebuilt from their parts: the same CID in
+    every respect (equality, hash, binary and text forms)."""
+    import pickle
+
+    for cid in (Cid(1, codec, hash_code, digest), Cid(0, DAG_PB, SHA2_256, digest)):
+        back = pickle.loads(pickle.dumps(cid))
+        assert back == cid and hash(back) == hash(cid)
+        assert bytes(back) == bytes(cid) and str(back) == str(cid)
+        assert (back.version, back.codec, back.hash_code, back.digest) == (
+            cid.version, cid.codec, cid.hash_code, cid.digest,
+        )  # fmt: skip
