@@ -66,10 +66,16 @@ _Row = tuple[str, bytes, bytes, bytes]  # (patient, cid, kind tag, supersedes) a
 
 def record_id(patient: str, cid: bytes | Any) -> bytes:
     """The on-chain id of a record version: ``keccak256(patient's 20 bytes ‖ binary CID)``."""
+    return _record_id(patient, bytes(cid))
+
+
+@functools.lru_cache(maxsize=16_384)
+def _record_id(patient: str, cid: bytes) -> bytes:
+    # cached: a writer asks for a batch's ids before it anchors, and anchoring asks again
     owner = bytes.fromhex(patient.removeprefix("0x"))
     if len(owner) != 20:
         raise InvalidInputError(f"not an address: {patient!r}")
-    return keccak(owner + bytes(cid))
+    return keccak(owner + cid)
 
 
 @functools.lru_cache(maxsize=1024)

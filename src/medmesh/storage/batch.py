@@ -135,7 +135,9 @@ def prepare_object(data: bytes, params: StoreParams) -> bytes | EncodedObject:
     it in a worker, ahead of the upload), or ``data`` itself if it is too big for a chunk."""
     if len(data) > params.batch_object_bytes:
         return data
-    return encode_object(0, data, params)
+    obj = encode_object(0, data, params)
+    str(obj.root), str(obj.manifest_cid)  # the text forms registration sends, made here
+    return obj
 
 
 def _same_layout(obj: EncodedObject, params: StoreParams) -> bool:

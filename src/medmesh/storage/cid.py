@@ -232,16 +232,23 @@ class Cid:
     def __reduce__(self) -> tuple[object, ...]:
         # pickled between medmesh's own processes (worker pools send encoded objects, ten
         # CIDs each): rebuilt from its parts, not parsed and checked again
-        return (_rebuild, (self.version, self.codec, self.hash_code, self.digest, self._bytes))
+        # (with its text form, if made: base32 is slow in Python, better made in a worker)
+        text = getattr(self, "_text", None)
+        parts = (self.version, self.codec, self.hash_code, self.digest, self._bytes, text)
+        return (_rebuild, parts)
 
 
-def _rebuild(version: int, codec: int, hash_code: int, digest: bytes, raw: bytes) -> Cid:
+def _rebuild(
+    version: int, codec: int, hash_code: int, digest: bytes, raw: bytes, text: str | None = None
+) -> Cid:
     cid = object.__new__(Cid)
     for name, value in (
         ("version", version), ("codec", codec), ("hash_code", hash_code), ("digest", digest),
         ("_bytes", raw),
     ):  # fmt: skip
         object.__setattr__(cid, name, value)
+    if text is not None:
+        object.__setattr__(cid, "_text", text)
     return cid
 
 

@@ -108,7 +108,9 @@ def test_a_pickled_cid_comes_back_whole(codec: int, hash_code: int, digest: byte
     import pickle
 
     for cid in (Cid(1, codec, hash_code, digest), Cid(0, DAG_PB, SHA2_256, digest)):
-        back = pickle.loads(pickle.dumps(cid))
+        fresh = pickle.loads(pickle.dumps(cid))  # before its text form was made
+        assert str(fresh) == str(cid)
+        back = pickle.loads(pickle.dumps(cid))  # after: the text travels with it
         assert back == cid and hash(back) == hash(cid)
         assert bytes(back) == bytes(cid) and str(back) == str(cid)
         assert (back.version, back.codec, back.hash_code, back.digest) == (
