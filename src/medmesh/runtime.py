@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import threading
 from collections.abc import Iterator
 from typing import Final
 
@@ -28,13 +29,26 @@ __all__ = ["SERVER_GC_THRESHOLDS", "server_gc"]
 SERVER_GC_THRESHOLDS: Final = (50_000, 20, 20)
 
 
+_lock = threading.Lock()
+_serving = 0  # servers of this process inside server_gc()
+_before: tuple[int, ...] = ()
+
+
 @contextlib.contextmanager
 def server_gc() -> Iterator[None]:
     """While the block runs (a server's lifetime), collect garbage on server thresholds;
-    the previous ones come back after, so an embedding process (a test run) is unchanged."""
-    before = gc.get_threshold()
-    gc.set_threshold(*SERVER_GC_THRESHOLDS)
+    once the last server of the process leaves, the previous ones come back, so an
+    embedding process (a test run starting gateways, even several at once) is unchanged."""
+    global _serving, _before
+    with _lock:
+        if _serving == 0:
+            _before = gc.get_threshold()
+            gc.set_threshold(*SERVER_GC_THRESHOLDS)
+        _serving += 1
     try:
         yield
     finally:
-        gc.set_threshold(*before)
+        with _lock:
+            _serving -= 1
+            if _serving == 0:
+                gc.set_threshold(*_before)

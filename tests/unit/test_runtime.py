@@ -23,3 +23,14 @@ def test_the_old_thresholds_come_back_after_a_crash() -> None:
     with pytest.raises(RuntimeError), server_gc():
         raise RuntimeError("the server failed")
     assert gc.get_threshold() == before
+
+
+def test_servers_that_overlap_restore_the_thresholds_once_the_last_stops() -> None:
+    before = gc.get_threshold()
+    first, second = server_gc(), server_gc()
+    first.__enter__()
+    second.__enter__()
+    first.__exit__(None, None, None)  # the first stops while the second still serves
+    assert gc.get_threshold() == SERVER_GC_THRESHOLDS
+    second.__exit__(None, None, None)
+    assert gc.get_threshold() == before
