@@ -217,8 +217,8 @@ class Client:
         network store, each node gets one signed upload and one signed registration per
         chunk of up to ``StoreParams.batch_objects`` records (or
         ``StoreParams.batch_object_bytes`` bytes) instead of two of each per record;
-        sealing runs in worker processes for a large batch (:mod:`medmesh.workers`) and
-        encoding in a worker thread, one chunk ahead of the uploads.
+        sealing, and the store's encoding with it (:meth:`ObjectStore.preparer`), runs in
+        worker processes for a large batch (:mod:`medmesh.workers`), ahead of the uploads.
 
         ``sealed``: the records as :meth:`seal_many` sealed and prepared them, stored as
         they are.
@@ -239,8 +239,7 @@ class Client:
                 raise InvalidInputError("aput_many needs one sealed record per item")
             outcomes = await self.store.put_many(sealed)
         else:
-            # consumed lazily by the store's worker thread, which encodes and uploads
-            # as they come
+            # consumed lazily by the store's worker thread, which uploads as they come
             outcomes = await self.store.put_many(self._sealing(items))
         results: list[PutResult | None] = []
         errors: dict[int, MedmeshError] = {}

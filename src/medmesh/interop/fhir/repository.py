@@ -681,28 +681,15 @@ class FhirRepository:
         version numbers), without reading the patient's older records. None if a new
         version supersedes one the index does not hold (its number needs the whole chain)."""
         rows = [r for r in rows if r.kind in _KINDS and not r.erased]
-        by_id = {r.record: r for r in rows}
-        versions: dict[bytes, int] = {}
-        for r in rows:
-            chain = [r]  # back to a first version, or to one numbered already
-            while (
-                chain[-1].supersedes in by_id
-                and chain[-1].supersedes not in versions
-                and len(chain) <= len(rows)  # (a cycle cannot be anchored; stop anyway)
-            ):
-                chain.append(by_id[chain[-1].supersedes])
-            before = chain[-1].supersedes
-            if before is None:
-                base = 0
-            elif before in versions:
-                base = versions[before]
-            else:
-                previous = self.index.by_record(before)
-                if previous is None:
-                    return None
-                base = previous.version
-            for n, link in enumerate(reversed(chain), start=1):
-                versions[link.record] = base + n
+        ids = {r.record for r in rows}
+        known: dict[bytes, int] = {}  # versions the new ones continue, from the index
+        for before in {r.supersedes for r in rows if r.supersedes and r.supersedes not in ids}:
+            previous = self.index.by_record(before)
+            if previous is None:
+                return None
+            known[before] = previous.version
+        numbered = _version_numbers(rows, known)
+        versions = {record: numbered[record] for record in ids}
         have = self.index.known_records([r.record for r in rows])
         with self._writing_lock:  # being written here: the writer indexes them
             have |= self._writing
@@ -753,10 +740,13 @@ def _open_sealed(data: bytes, keys: Any, extra: list[KeyCapsule]) -> bytes:
     return opener.update(data) + opener.finalize()
 
 
-def _version_numbers(rows: Iterable[RecordRow]) -> dict[bytes, int]:
-    """Each record's position in its chain of versions (1 = first)."""
+def _version_numbers(
+    rows: Iterable[RecordRow], known: dict[bytes, int] | None = None
+) -> dict[bytes, int]:
+    """Each record's position in its chain of versions (1 = first; a chain continuing a
+    record of ``known`` goes on from that one's number)."""
     by_id = {r.record: r for r in rows}
-    out: dict[bytes, int] = {}
+    out: dict[bytes, int] = dict(known or {})
 
     def number(record: bytes) -> int:
         seen: list[bytes] = []
