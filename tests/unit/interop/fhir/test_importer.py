@@ -61,7 +61,7 @@ def _ndjson(path: Path, lines: list[Any]) -> Path:
     return path
 
 
-def test_patients_first_fixed_ids_and_failures_reported(tmp_path: Path) -> None:
+def test_compartments_fixed_ids_and_failures_reported(tmp_path: Path) -> None:
     src = _ndjson(tmp_path / "export.ndjson", [
         _obs("p1", id_="o1"), "{not json", _obs("p1"), {"resourceType": "Patient", "id": "p1"},
         "", _obs("p1", status="bad", id_="o3"), [1, 2],
@@ -77,15 +77,20 @@ def test_patients_first_fixed_ids_and_failures_reported(tmp_path: Path) -> None:
         "Observation",
         "Observation",
     ]
-    # chunks of 2, one rank each: the Patient first, alone; the unreadable line after o1
-    # is reported in its place, after o1's chunk
-    assert [len(b["entry"]) for b in gw.bundles] == [1, 1, 2]
+    # one compartment of four, cut into chunks of 2: the Patient first, then its
+    # Observations in file order; the unreadable lines are reported before anything is sent
+    assert [[r.get("id") for r in (e["resource"] for e in b["entry"])][:1] for b in gw.bundles] == [
+        ["p1"],
+        [sent[2]["id"]],
+    ]
+    assert [len(b["entry"]) for b in gw.bundles] == [2, 2]
+    assert sent[1]["id"] == "o1" and sent[3]["id"] == "o3"
     no_id = sent[2]["id"]
     assert str(uuid.UUID(no_id)) == no_id
     assert (s.imported, s.failed, s.done) == (3, 3, 6)
     assert s.by_type == {"Patient": 1, "Observation": 2}
     report = [json.loads(x) for x in Path(s.report).read_text().splitlines()]
-    assert sorted((r["place"], r["status"]) for r in report) == [(2, "400"), (6, "422"), (7, "400")]
+    assert [(r["place"], r["status"]) for r in report] == [(2, "400"), (7, "400"), (6, "422")]
     bad = next(r for r in report if r["status"] == "422")
     assert bad["id"] == "o3" and bad["issues"][0]["expression"] == ["Observation.status"]
     # the same input gives the same ids: a re-run updates, it does not duplicate
@@ -194,11 +199,13 @@ class SlowGateway(Gateway):
         self.running: set[int] = set()
         self.most = 0  # calls running at once, at most
         self.overlaps: set[frozenset[int]] = set()
+        self.firsts: list[str] = []  # the first resource id of each call, in call order
 
     def __call__(self, bundle: dict[str, Any]) -> dict[str, Any]:
         with self.lock:
             n = self.calls
             self.calls += 1
+            self.firsts.append(bundle["entry"][0]["resource"]["id"])
             for other in self.running:
                 self.overlaps.add(frozenset((n, other)))
             self.running.add(n)
@@ -219,12 +226,13 @@ def test_independent_chunks_are_in_flight_together_and_settled_in_order(tmp_path
     lines: list[Any] = [{"resourceType": "Patient", "id": "p1"}]
     lines += [_obs("p1", id_=f"o{i}", status="bad" if i == 1 else "final") for i in range(8)]
     src = _ndjson(tmp_path / "a.ndjson", lines)
-    # chunks: [p1] [o0, o1] [o2, o3] [o4, o5] [o6, o7]; chunk 1 is slow, chunk 2 fast
+    # one compartment cut in chunks: [p1, o0] [o1, o2] [o3, o4] [o5, o6] [o7]; chunk 1 is
+    # slow, chunk 2 fast
     gw = SlowGateway(lambda n: {1: 0.3}.get(n, 0.05))
     seen: list[int] = []
     s = Importer([src], gw, state_dir=tmp_path / "s", chunk=2, parallel=2).run(seen.append)
     assert (s.imported, s.failed, s.done) == (8, 1, 9)
-    assert seen == [1, 2, 2, 2, 2]
+    assert seen == [2, 2, 2, 2, 1]
     # chunk 0 holds the Patient the others name: nothing overlaps it; the rest pair up
     assert not any(0 in pair for pair in gw.overlaps)
     assert frozenset((1, 2)) in gw.overlaps
@@ -234,6 +242,52 @@ def test_independent_chunks_are_in_flight_together_and_settled_in_order(tmp_path
     assert gw.most == 2
     report = [json.loads(x) for x in Path(s.report).read_text().splitlines()]
     assert [r["id"] for r in report] == ["o1"]
+
+
+def test_compartments_travel_whole_and_their_chunks_do_not_wait_for_each_other(
+    tmp_path: Path,
+) -> None:
+    """A bulk-data export: Patients in one file, Observations of all of them interleaved in
+    another, gzipped. Each chunk holds whole compartments, so all are in flight at once."""
+    patients = _ndjson(tmp_path / "Patient.ndjson", [
+        {"resourceType": "Patient", "id": f"p{i}"} for i in range(3)])  # fmt: skip
+    obs = tmp_path / "Observation.ndjson.gz"
+    obs.write_bytes(gzip.compress("".join(
+        json.dumps(_obs(f"p{i % 3}", id_=f"o{i}")) + "\n" for i in range(6)).encode()))  # fmt: skip
+    gw = SlowGateway(lambda n: 0.2)
+    state = tmp_path / "s"
+    imp = Importer([obs, patients], gw, state_dir=state, chunk=3, parallel=3)
+    assert imp.count() == 9
+    assert len(list(state.glob("*.unpacked.ndjson"))) == 1  # read back from an unpacked copy
+    s = imp.run()
+    assert (s.imported, s.failed) == (9, 0)
+    chunks = sorted([e["resource"]["id"] for e in b["entry"]] for b in gw.bundles)
+    assert chunks == [["p0", "o0", "o3"], ["p1", "o1", "o4"], ["p2", "o2", "o5"]]
+    assert gw.most == 3  # none waited for another
+    assert not list(state.glob("*.unpacked.ndjson"))  # removed at the end
+
+    # a compartment larger than a chunk is cut; the one after it starts a chunk of its own
+    # when it fits in one, and the rest of the large one waits for the part with its
+    # Patient while the next compartment goes ahead
+    big = _ndjson(tmp_path / "big.ndjson", [
+        {"resourceType": "Patient", "id": "a"}, *[_obs("a", id_=f"a{i}") for i in range(4)],
+        {"resourceType": "Patient", "id": "b"}, _obs("b", id_="b0"), _obs("b", id_="b1"),
+    ])  # fmt: skip
+    gw = SlowGateway(lambda n: 0.1)
+    Importer([big], gw, state_dir=tmp_path / "s2", chunk=3, parallel=3).run()
+    sent = [[e["resource"]["id"] for e in b["entry"]] for b in gw.bundles]
+    assert sorted(sent) == [["a", "a0", "a1"], ["a2", "a3"], ["b", "b0", "b1"]]
+    assert gw.firsts == ["a", "b", "a2"] and frozenset((0, 1)) in gw.overlaps
+    assert not any(0 in pair and 2 in pair for pair in gw.overlaps)
+
+
+def test_an_input_changed_after_it_was_read_is_refused(tmp_path: Path) -> None:
+    src = _ndjson(tmp_path / "a.ndjson", [_obs("p1", id_=f"o{i}") for i in range(4)])
+    imp = Importer([src], Gateway(), state_dir=tmp_path / "s", chunk=2)
+    assert imp.count() == 4
+    _ndjson(src, [_obs("p1", id_="o0")])
+    with pytest.raises(InvalidInputError, match="changed during the import"):
+        imp.run()
 
 
 def test_a_chunk_answered_early_is_not_counted_before_the_one_before_it(tmp_path: Path) -> None:
