@@ -68,6 +68,11 @@ _SUPERVISOR_MODULE: Final = "medmesh.ledger.chains"
 RESTART_DELAY_FIRST: Final = 0.5  # seconds before the next start after one failure
 RESTART_DELAY_MAX: Final = 10.0  # ... doubling per failure in a row, up to this
 STABLE_RUN: Final = 30.0  # an Anvil that ran this long before it died is restarted at once
+#: How often the supervisor looks for a new dump (a stat() when there is none), and how often
+#: a writer waiting for its block looks at durable.json: both are latency added to every
+#: durable write (docs/benchmarks.md, FHIR fifth measurement).
+SNAPSHOT_POLL_S: Final = 0.05
+DURABLE_POLL_S: Final = 0.02
 
 log = logging.getLogger(__name__)
 
@@ -312,7 +317,7 @@ class LocalChain:
                     f"block {block} was not saved to disk within {timeout:.0f} s "
                     f"(durable: {durable}); is the local chain running?"
                 )
-            time.sleep(0.05)
+            time.sleep(DURABLE_POLL_S)
 
     # -- the supervisor ---------------------------------------------------------------------------
 
@@ -469,7 +474,7 @@ class LocalChain:
                     if str(exc) != snapshot_error:
                         log.error("cannot snapshot %s: %s", self.state_file.name, exc)
                     snapshot_error = str(exc)
-                time.sleep(0.2)
+                time.sleep(SNAPSHOT_POLL_S)
         finally:
             if child is not None:
                 _end(child)  # Anvil dumps its state on a clean exit
