@@ -14,6 +14,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -251,6 +252,40 @@ def test_create_read_update_history_vread(world: World, token: str, patient_id: 
         ]["value"]
         == 101
     )
+
+
+def test_concurrent_updates_of_one_resource_each_get_their_own_version(
+    world: World, token: str, patient_id: str
+) -> None:
+    """Updates of one resource arriving together are written one after the other: each
+    plans its version against the one before (no two versions 2), and of two conditional
+    updates naming the same version exactly one wins."""
+    r = requests.post(f"{world.url}/Observation", json=_glucose(patient_id, 90, "2026-03-02T08:00:00Z"),
+                      headers=_h(token), timeout=30)  # fmt: skip
+    assert r.status_code == 201, r.text
+    first = r.json()
+    url = f"{world.url}/Observation/{first['id']}"
+
+    def put(value: float, if_match: str | None = None) -> requests.Response:
+        body = {**first, "valueQuantity": {**first["valueQuantity"], "value": value}}
+        extra = {"If-Match": if_match} if if_match else {}
+        return requests.put(url, json=body, headers=_h(token, **extra), timeout=60)
+
+    with ThreadPoolExecutor(3) as pool:
+        answers = list(pool.map(put, [91, 92, 93]))
+    assert [a.status_code for a in answers] == [200, 200, 200], [a.text for a in answers]
+    assert sorted(a.json()["meta"]["versionId"] for a in answers) == ["2", "3", "4"]
+    hist = requests.get(f"{url}/_history", headers=_h(token), timeout=10).json()
+    assert [e["resource"]["meta"]["versionId"] for e in hist["entry"]] == ["4", "3", "2", "1"]
+    last = next(a for a in answers if a.json()["meta"]["versionId"] == "4")
+    now = requests.get(url, headers=_h(token), timeout=10).json()
+    assert now["valueQuantity"]["value"] == last.json()["valueQuantity"]["value"]
+
+    with ThreadPoolExecutor(2) as pool:
+        both = list(pool.map(lambda v: put(v, 'W/"4"'), [94, 95]))
+    assert sorted(a.status_code for a in both) == [200, 412], [a.text for a in both]
+    won = next(a for a in both if a.status_code == 200)
+    assert won.json()["meta"]["versionId"] == "5"
 
 
 def test_search_patient_code_date_and_paging(world: World, token: str, patient_id: str) -> None:
@@ -501,6 +536,23 @@ def test_save_many_stores_the_good_and_reports_the_bad(world: World, token: str)
     assert sorted(e["resource"]["valueQuantity"]["value"] for e in r.json()["entry"]) == [70, 71]
     read = requests.get(f"{world.url}/Observation/batch-obs-2", headers=_h(token), timeout=10)
     assert read.status_code == 200 and read.json()["effectiveDateTime"] == "2024-01-02"
+
+    # conditional updates are checked as they are written: a stale ETag is a 412 in its
+    # place in a batch, and refuses a whole transaction with 412
+    newer = {**batch[1], "status": "amended"}
+    repo = world.service.repo
+    stale, fresh = repo.save_many(
+        [newer, {**batch[2], "status": "amended"}],
+        if_match={"Observation/batch-obs-1": 'W/"7"', "Observation/batch-obs-2": 'W/"1"'},
+    )
+    assert isinstance(stale, FhirError) and stale.status == 412
+    assert not isinstance(fresh, FhirError) and fresh.row.version == 2
+    with pytest.raises(FhirError) as refused:
+        repo.save_all([newer, {**batch[2], "status": "corrected"}], paths=["a", "b"],
+                      if_match={"Observation/batch-obs-2": 'W/"1"'})  # fmt: skip
+    assert refused.value.status == 412
+    assert refused.value.issues[0].expression == ["b"]
+    assert world.service.index.current("Observation", "batch-obs-1").version == 1  # type: ignore[union-attr]
 
 
 def test_a_grant_brings_the_patients_own_records_into_the_index(world: World, token: str) -> None:

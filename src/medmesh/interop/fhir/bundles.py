@@ -126,13 +126,15 @@ async def process_bundle(
                     raise _at(exc, e.where) from None
     _assign_ids(writes, ok)
     resources = [e.resource for e in writes if e.resource is not None]
+    # checked again as each is written: another request may have updated it meanwhile
+    if_match = {f"{e.type}/{e.id}": e.if_match for e in writes if e.method == "PUT" and e.if_match}
     if kind == "transaction":
         paths = [f"{e.where}.resource" for e in writes]
         saved: list[Saved | FhirError] = list(
-            await asyncio.to_thread(repo.save_all, resources, paths=paths)
+            await asyncio.to_thread(repo.save_all, resources, paths=paths, if_match=if_match)
         )
     else:
-        saved = await asyncio.to_thread(repo.save_many, resources)
+        saved = await asyncio.to_thread(repo.save_many, resources, if_match=if_match)
     for e, s in zip(writes, saved, strict=True):
         results[e.index] = (
             _failed(s) if isinstance(s, FhirError) else _written(s, base_url, minimal=minimal)

@@ -31,11 +31,12 @@ revocation mined after the index last caught up still hides the resource.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -175,6 +176,12 @@ class FhirRepository:
         # them to the writer instead of fetching and opening them again
         self._writing: set[bytes] = set()
         self._writing_lock = threading.Lock()
+        # resources (Type/id) with a version being written: a write of the same resource
+        # waits until that one is indexed, then plans its own version against it (else two
+        # concurrent updates would both plan version N+1); a write claims all its ids at
+        # once, and only when none is held, so writes never wait for each other in a cycle
+        self._claimed: set[str] = set()
+        self._claims = threading.Condition()
         self.full_reconcile_s = full_reconcile_s
         self._last_full = 0.0
         self._expiries_seen = 0.0  # grants expiring up to this time have been followed
@@ -270,9 +277,27 @@ class FhirRepository:
 
     # -- writing ------------------------------------------------------------------------------
 
+    @contextlib.contextmanager
+    def _claim(self, keys: Iterable[str]) -> Iterator[None]:
+        """Hold ``keys`` (``Type/id``) for one write, from planning to indexing: waits
+        while another write holds any of them (see ``__init__``)."""
+        wanted = set(keys)
+        with self._claims:
+            while wanted & self._claimed:
+                self._claims.wait()
+            self._claimed |= wanted
+        try:
+            yield
+        finally:
+            with self._claims:
+                self._claimed -= wanted
+                self._claims.notify_all()
+
     def create(self, resource: dict[str, Any], *, id_: str | None = None) -> Saved:
         resource = validate_resource(resource)
-        return self._store([self._plan(resource, id_ or str(uuid.uuid4()))])[0]
+        id_ = id_ or str(uuid.uuid4())
+        with self._claim([f"{resource['resourceType']}/{id_}"]):
+            return self._store([self._plan(resource, id_)])[0]
 
     def update(
         self, type_: str, id_: str, resource: dict[str, Any], *, if_match: str | None = None
@@ -282,47 +307,64 @@ class FhirRepository:
             raise FhirError.invalid(
                 [_issue("invalid", "the resource's id must equal the id in the URL", f"{type_}.id")]
             )
-        self.check_version(type_, id_, if_match)
-        return self._store([self._plan(resource, id_)])[0]
+        with self._claim([f"{type_}/{id_}"]):  # the version If-Match names stays current
+            self.check_version(type_, id_, if_match)
+            return self._store([self._plan(resource, id_)])[0]
 
     def check_version(self, type_: str, id_: str, if_match: str | None) -> None:
         """412 unless ``if_match`` (an ETag such as ``W/"3"``; None: no condition) names the
         current version of ``type_/id_``."""
-        if if_match is None:
-            return
-        wanted = if_match.strip().removeprefix("W/").strip('"')
-        current = self.index.current(type_, id_)
-        if current is None or wanted != str(current.version):
-            raise FhirError.precondition_failed(
-                f"version conflict: If-Match names version {wanted or '?'}, "
-                f"the current version is {current.version if current else 'none'}"
-            )
+        conflict = _conflict(if_match, self.index.current(type_, id_))
+        if conflict is not None:
+            raise conflict
 
-    def save_many(self, resources: list[dict[str, Any]]) -> list[Saved | FhirError]:
+    def save_many(
+        self, resources: list[dict[str, Any]], *, if_match: dict[str, str] | None = None
+    ) -> list[Saved | FhirError]:
         """Create or update many resources at once (a batch, an import): each is validated and
         checked on its own (a failure is returned in its place, nothing of it stored), the
         rest are sealed and stored concurrently and anchored together.
 
         A resource keeps its ``id`` (a new version if the id is known, the first one if not);
         one without an id gets a new one. References may name resources earlier in the list.
+        ``if_match`` (``Type/id`` -> ETag): conditional updates, 412 in place unless the ETag
+        names the current version.
         """
-        checked = self._plan_many(resources)
-        stored = iter(self._store([c for c in checked if isinstance(c, _Plan)]))
-        return [next(stored) if isinstance(c, _Plan) else c for c in checked]
+        with self._claim(_keys(resources)):
+            checked = self._plan_many(resources, if_match)
+            stored = iter(self._store([c for c in checked if isinstance(c, _Plan)]))
+            return [next(stored) if isinstance(c, _Plan) else c for c in checked]
 
-    def save_all(self, resources: list[dict[str, Any]], *, paths: list[str]) -> list[Saved]:
+    def save_all(
+        self,
+        resources: list[dict[str, Any]],
+        *,
+        paths: list[str],
+        if_match: dict[str, str] | None = None,
+    ) -> list[Saved]:
         """:meth:`save_many`, all or nothing (a transaction): if any resource fails its checks,
         nothing is stored and one :class:`FhirError` lists every failure, its FHIRPaths moved
-        under ``paths[i]`` (``Bundle.entry[3].resource``, say)."""
-        checked = self._plan_many(resources)
-        failed = [(i, c) for i, c in enumerate(checked) if isinstance(c, FhirError)]
-        if failed:
-            issues = [in_entry(issue, paths[i]) for i, exc in failed for issue in exc.issues]
-            status = 422 if all(exc.status == 422 for _, exc in failed) else 400
-            raise FhirError.invalid(issues, status=status)
-        return self._store([c for c in checked if isinstance(c, _Plan)])
+        under ``paths[i]`` (``Bundle.entry[3].resource``, say); a version conflict makes it
+        a 412."""
+        with self._claim(_keys(resources)):
+            checked = self._plan_many(resources, if_match)
+            failed = [(i, c) for i, c in enumerate(checked) if isinstance(c, FhirError)]
+            if failed:
+                issues = [
+                    in_entry(issue, paths[i])
+                    if issue.expression
+                    else Issue(issue.severity, issue.code, issue.diagnostics, [paths[i]])
+                    for i, exc in failed
+                    for issue in exc.issues
+                ]
+                statuses = {exc.status for _, exc in failed}
+                status = 412 if 412 in statuses else 422 if statuses == {422} else 400
+                raise FhirError(status, issues)
+            return self._store([c for c in checked if isinstance(c, _Plan)])
 
-    def _plan_many(self, resources: list[dict[str, Any]]) -> list[_Plan | FhirError]:
+    def _plan_many(
+        self, resources: list[dict[str, Any]], if_match: dict[str, str] | None = None
+    ) -> list[_Plan | FhirError]:
         """Validate and check each resource. References may name any resource of the list
         (Patients are planned first, so the others find their owner); a resource that names
         one which failed fails too, so nothing stored points nowhere."""
@@ -355,6 +397,11 @@ class FhirRepository:
         for i in order:
             resource, id_, refs = valid[i]
             try:
+                key = f"{resource['resourceType']}/{id_}"
+                if if_match and key in if_match:
+                    conflict = _conflict(if_match[key], lookup(resource["resourceType"], id_))
+                    if conflict is not None:
+                        raise conflict
                 plan = self._plan(resource, id_, expected, owners, lookup, refs)
             except FhirError as exc:
                 out[i] = exc
@@ -765,6 +812,29 @@ def _version_numbers(
         if record not in out:
             number(record)
     return out
+
+
+def _keys(resources: list[dict[str, Any]]) -> list[str]:
+    """``Type/id`` of the resources that name their id (the others get new ones)."""
+    return [
+        f"{r.get('resourceType')}/{r['id']}"
+        for r in resources
+        if isinstance(r, dict) and isinstance(r.get("id"), str)
+    ]
+
+
+def _conflict(if_match: str | None, current: IndexedResource | None) -> FhirError | None:
+    """The 412 for an ``If-Match`` ETag (``W/"3"``) that does not name ``current``'s version
+    (None: no condition, or it does)."""
+    if if_match is None:
+        return None
+    wanted = if_match.strip().removeprefix("W/").strip('"')
+    if current is not None and wanted == str(current.version):
+        return None
+    return FhirError.precondition_failed(
+        f"version conflict: If-Match names version {wanted or '?'}, "
+        f"the current version is {current.version if current else 'none'}"
+    )
 
 
 def _refused(row: IndexedResource, purpose: Purpose) -> FhirError:

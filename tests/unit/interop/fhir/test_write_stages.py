@@ -205,3 +205,26 @@ def test_versions_of_new_records_follow_their_chain_in_any_order() -> None:
     assert [r.record[0] for r in missing] == [5, 2, 3]  # in version order
     # a new version of something the index does not hold: the patient needs a full reconcile
     assert repo._new_plan(me, [rec(7, 6)], time.time()) is None
+
+
+def test_a_write_waits_for_another_of_the_same_resource_and_no_other() -> None:
+    keeper = Keeper(store_s=0.0, anchor_s=0.0)
+    repo = FhirRepository(keeper, SimpleNamespace(), Index(keeper))  # type: ignore[arg-type]
+    done: list[str] = []
+
+    def write(name: str, keys: list[str]) -> None:
+        with repo._claim(keys):
+            done.append(name)
+
+    with repo._claim(["Observation/a", "Observation/b"]):
+        same = threading.Thread(target=write, args=("same", ["Observation/c", "Observation/b"]))
+        other = threading.Thread(target=write, args=("other", ["Observation/c", "Patient/a"]))
+        same.start()
+        time.sleep(0.05)
+        other.start()
+        other.join(5)
+        time.sleep(0.2)
+        assert done == ["other"]  # the write of b waits; c was free again once other let go
+    same.join(5)
+    assert done == ["other", "same"]
+    assert repo._claimed == set()
