@@ -81,8 +81,8 @@ def _rank(item: Item) -> int:
 
 @dataclass
 class _Flight:
-    """A chunk not yet counted: held back (``answer`` None: it names a resource of a chunk
-    before it that is not answered yet), sent, or answered."""
+    """A chunk not yet counted: held back (``answer`` None: it names or writes a resource of
+    a chunk before it that is not answered yet), sent, or answered."""
 
     items: list[Item]
     bundle: dict[str, Any]
@@ -496,7 +496,7 @@ class Importer:
                     if (
                         f.answer is None
                         and len(awaited) < self.parallel
-                        and not f.named & unanswered
+                        and not (f.named | f.keys) & unanswered
                     ):
                         f.answer = pool.submit(self.send, f.bundle)
                         awaited.append(f.answer)
@@ -506,7 +506,8 @@ class Importer:
 
             def send(items: list[Item]) -> None:
                 # at most `parallel` chunks unanswered; one that names a resource of an
-                # unanswered chunk before it is held back until that one is answered, and
+                # unanswered chunk before it, or writes one again (a later version in the
+                # input), is held back until that one is answered, and
                 # the ones after it may go first (at most `parallel` held back). The
                 # gateway may answer out of order; answers are counted in order.
                 bundle, keys, named = self._bundle(items, plan.renames)

@@ -281,6 +281,24 @@ def test_compartments_travel_whole_and_their_chunks_do_not_wait_for_each_other(
     assert not any(0 in pair and 2 in pair for pair in gw.overlaps)
 
 
+def test_a_later_version_of_a_resource_waits_for_the_earlier_one(tmp_path: Path) -> None:
+    """The same id twice in the input (two versions, no Patient named): the chunk with the
+    second waits until the one with the first is answered, so they are written in order."""
+    first = {
+        "resourceType": "Observation",
+        "id": "o1",
+        "status": "preliminary",
+        "code": {"text": "x"},
+    }
+    src = _ndjson(tmp_path / "a.ndjson", [
+        first, {**first, "id": "o2"}, {**first, "status": "final"}])  # fmt: skip
+    gw = SlowGateway(lambda n: 0.1)
+    s = Importer([src], gw, state_dir=tmp_path / "s", chunk=2, parallel=2).run()
+    assert s.imported == 3 and gw.firsts == ["o1", "o1"]
+    assert gw.overlaps == set()
+    assert [r["status"] for r in gw.sent()] == ["preliminary", "preliminary", "final"]
+
+
 def test_an_input_changed_after_it_was_read_is_refused(tmp_path: Path) -> None:
     src = _ndjson(tmp_path / "a.ndjson", [_obs("p1", id_=f"o{i}") for i in range(4)])
     imp = Importer([src], Gateway(), state_dir=tmp_path / "s", chunk=2)
