@@ -63,8 +63,9 @@ __all__ = ["DEFAULT_CHUNK", "DEFAULT_PARALLEL", "ImportSummary", "Importer", "It
 
 DEFAULT_CHUNK: Final = 1000
 #: Chunks in flight at once: the gateway validates and seals one, stores another, and the
-#: ones before wait for their block and are indexed (4 measured best, bench/fhir.py:
-#: ~1,020/s against ~950/s with 3, no better with 5 or 6).
+#: ones before wait for their block and are indexed (bench/fhir.py, chunks of 1,000:
+#: 1,140-1,166/s with 3, 1,269-1,283/s with 4, no better with 5 or 6; chunks of 500 with 6
+#: or 8 in flight 1,134-1,164/s).
 DEFAULT_PARALLEL: Final = 4
 _NAMESPACE: Final = uuid.UUID("8f7d1a52-6c7e-4d8e-9a55-3b1d2f0c6e11")  # medmesh import ids
 
