@@ -238,7 +238,8 @@ class _Plan:
     problems: list[Item]  # unreadable lines and entries, reported first
     groups: list[int]  # the compartment of each of ``entries`` (equal ones are adjacent)
     renames: dict[str, str]  # urn: fullUrl -> Type/id
-    unpacked: list[Path]  # gzipped NDJSON unpacked for the import, removed at its end
+    files: dict[int, Path]  # NDJSON inputs by number, as files to seek in
+    unpacked: list[Path]  # those of ``files`` unpacked from gzip, removed at the import's end
 
     @property
     def total(self) -> int:
@@ -336,7 +337,6 @@ class Importer:
             self.report_path.unlink(missing_ok=True)
         self.summary = ImportSummary(report=str(self.report_path), state=str(self.state_path))
         self._plan: _Plan | None = None  # the input, once read
-        self._files: dict[int, Path] = {}  # NDJSON inputs (unpacked if gzipped), by number
         self._load_state()
 
     # -- state ---------------------------------------------------------------------------------
@@ -376,6 +376,7 @@ class Importer:
         problems: list[Item] = []
         names: dict[str, int] = {}  # a Patient key or reference as written -> its number
         renames: dict[str, str] = {}
+        files: dict[int, Path] = {}
         unpacked: list[Path] = []
 
         def note(f: int, at: int, item: Item) -> None:
@@ -402,7 +403,7 @@ class Importer:
                     unpacked.append(source)
                     with _open(path) as fp, source.open("wb") as out:
                         shutil.copyfileobj(fp, out, 1 << 20)
-                self._files[f] = source
+                files[f] = source
                 with source.open("rb") as fp:
                     at = 0
                     for n, line in enumerate(fp, start=1):
@@ -433,6 +434,7 @@ class Importer:
             problems=problems,
             groups=[first[x[1]] for x in found],
             renames=renames,
+            files=files,
             unpacked=unpacked,
         )
         self.summary.total = self._plan.total
@@ -478,7 +480,7 @@ class Importer:
         with (
             self.report_path.open("a") as report,
             ThreadPoolExecutor(self.parallel) as pool,
-            _Reader(self.paths, self._files) as read,
+            _Reader(self.paths, plan.files) as read,
         ):
 
             def settle_first() -> None:
